@@ -1,0 +1,39 @@
+# The two quick-start commands are `make demo` and `make test`; both set everything up first.
+PY := .venv/bin/python
+PORT ?= 8501
+
+.PHONY: setup demo run app test test-fast lint format bench reproduce
+
+setup:
+	@bash scripts/setup.sh
+
+## demo: run the default experiment (biased-digits, small-cnn), then open the dashboard on it
+demo: setup
+	$(PY) -m masktune_core run --name demo
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+## run: the default experiment only, on the command line
+run: setup
+	$(PY) -m masktune_core run
+
+app: setup
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+## test: the whole suite, browser tests included
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not browser and not slow"
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+bench: setup
+	$(PY) bench/masks.py --quick && $(PY) bench/pipeline.py && $(PY) bench/selective.py && $(PY) bench/dashboard.py
+
+reproduce: setup
+	$(PY) bench/reproduce.py

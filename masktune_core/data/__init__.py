@@ -1,0 +1,67 @@
+"""Dataset registry: ``name -> DatasetInfo`` with one builder signature, ``builder(DataOptions)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from masktune_core.data.base import DataOptions, DatasetBundle, DatasetInfo, Split
+from masktune_core.errors import ConfigError
+
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register(
+    name: str,
+    description: str,
+    *,
+    needs_data_dir: bool = False,
+    defaults: dict | None = None,
+    availability: Callable[[DataOptions], tuple[bool, str]] | None = None,
+) -> Callable[[Callable[[DataOptions], DatasetBundle]], Callable[[DataOptions], DatasetBundle]]:
+    def wrap(builder: Callable[[DataOptions], DatasetBundle]) -> Callable[[DataOptions], DatasetBundle]:
+        DATASETS[name] = DatasetInfo(name, description, builder, needs_data_dir, defaults or {}, availability)
+        return builder
+
+    return wrap
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    _load_builtin()
+    if name not in DATASETS:
+        raise ConfigError("dataset", f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def dataset_names() -> list[str]:
+    _load_builtin()
+    return list(DATASETS)
+
+
+def build_dataset(name: str, options: DataOptions) -> DatasetBundle:
+    return get_dataset_info(name).builder(options)
+
+
+def dataset_availability(name: str, options: DataOptions) -> tuple[bool, str]:
+    info = get_dataset_info(name)
+    if info.availability is None:
+        return True, "bundled, no download needed"
+    return info.availability(options)
+
+
+def _load_builtin() -> None:
+    # Importing the family modules runs their @register decorators.
+    from masktune_core.data import biased, digits, folders, torchvision_sets  # noqa: F401
+
+
+__all__ = [
+    "DATASETS",
+    "DataOptions",
+    "DatasetBundle",
+    "DatasetInfo",
+    "Split",
+    "build_dataset",
+    "dataset_availability",
+    "dataset_names",
+    "get_dataset_info",
+    "register",
+]

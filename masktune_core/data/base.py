@@ -1,0 +1,100 @@
+"""Shared types of the dataset registry.
+
+Every dataset is decoded once into raw uint8 pixels in memory. Masks and fills
+act on raw pixels; normalisation happens inside the model (see ``models.Classifier``),
+so a black mask is exactly 0 before normalisation, as in the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Split:
+    """One split: ``images`` uint8 [N, C, H, W]; ``labels`` int64 [N]; ``groups`` int64 [N] or None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    groups: torch.Tensor | None = None
+    skipped: list[str] = field(default_factory=list)  # files that failed to decode and were skipped
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(
+            self.images[index],
+            self.labels[index],
+            None if self.groups is None else self.groups[index],
+            list(self.skipped),
+        )
+
+
+@dataclass
+class DataOptions:
+    """Options every builder receives. Builders ignore what does not apply to them."""
+
+    data_dir: str | None = None
+    image_size: int | None = None
+    download: bool = False
+    seed: int = 0
+    val_fraction: float = 0.1
+    bad_images: str = "skip"  # "skip": count, skip and list a corrupt image; "fail": stop naming it
+    # biased-square protocol
+    square_size: int = 5
+    square_color: tuple[int, int, int] = (255, 0, 0)
+    square_position: str = "top-left"  # top-left | top-right | bottom-left | bottom-right
+    bias_ratio: float = 0.99
+    train_copies: int = 8  # random-affine copies per training image (biased-digits, digits)
+
+
+@dataclass
+class DatasetBundle:
+    """What a builder returns: named splits plus what training and evaluation need to know."""
+
+    name: str
+    splits: dict[str, Split]  # always "train" and "val", plus the test split(s)
+    class_names: list[str]
+    mean: tuple[float, ...]  # per channel, on pixels scaled to [0, 1]
+    std: tuple[float, ...]
+    test_splits: list[str]  # e.g. ["test"] or ["test_original", "test_biased"]
+    main_test_split: str
+    group_names: list[str] | None = None  # group id -> readable name; None if no groups
+    augment: str = "crop"  # training augmentation policy: "none" | "crop" | "crop-flip" | "affine"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.splits["train"].images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.splits["train"].images.shape[-1])
+
+    @property
+    def eval_splits(self) -> list[str]:
+        return ["val", *self.test_splits]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [path for split in self.splits.values() for path in split.skipped]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registry entry. ``defaults`` holds the recipe (epochs, lr, ...) a run uses unless told otherwise."""
+
+    name: str
+    description: str
+    builder: Callable[[DataOptions], DatasetBundle]
+    needs_data_dir: bool
+    defaults: dict = field(default_factory=dict)
+    # Returns (available, human-readable reason) without loading the data.
+    availability: Callable[[DataOptions], tuple[bool, str]] | None = None

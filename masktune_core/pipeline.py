@@ -1,0 +1,419 @@
+"""The stages of a run: erm -> masks_1 -> finetune_1 [-> masks_2 -> finetune_2 ...] [-> randmask] -> evaluate.
+
+Each stage reads what earlier stages left in the run directory and records itself in
+``status.stages_done`` when its outputs are on disk, so a resumed run skips finished stages. ERM also
+saves a training state (model, optimizer, scheduler, RNG) every epoch and resumes mid-stage from it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from masktune_core import evaluate, masking, models, train
+from masktune_core.config import RunConfig
+from masktune_core.data import DatasetBundle, build_dataset
+from masktune_core.errors import MaskTuneError
+from masktune_core.runs import Run, atomic_path, now_iso, process_start_time, write_json
+
+MODEL_NAMES = ("erm", "masktune", "randmask")
+
+
+class Cancelled(Exception):
+    """The user asked the job to stop."""
+
+
+# ---------------------------------------------------------------------- stage plan and progress
+def plan_stages(config: RunConfig) -> list[tuple[str, float]]:
+    """Stage names with rough relative costs (one training epoch = 1), used for progress and ETA."""
+    stages: list[tuple[str, float]] = [("erm", float(config.epochs))]
+    for i in range(1, config.iterations + 1):
+        stages += [(f"masks_{i}", 0.4), (f"finetune_{i}", 1.0)]
+    if config.randmask:
+        stages.append(("randmask", 1.0))
+    stages.append(("evaluate", 0.3))
+    return stages
+
+
+class Progress:
+    """Writes stage, overall progress and ETA into status.json (throttled) and prints one line a second."""
+
+    def __init__(self, run: Run, stages: list[tuple[str, float]], echo: Callable[[str], None] | None) -> None:
+        self.run = run
+        self.weights = dict(stages)
+        self.total = sum(self.weights.values())
+        self.echo = echo
+        self.stage = ""
+        self.done = sum(w for s, w in stages if s in run.raw_status().get("stages_done", []))
+        self.start_fraction = self.done / self.total
+        self.start_time = time.monotonic()
+        self.last_write = 0.0
+        self.detail: dict[str, Any] = {}
+
+    def begin(self, stage: str) -> None:
+        self.stage = stage
+        self.detail = {}
+        self.update(0.0, force=True)
+        self.run.log(f"stage {stage} started")
+
+    def update(self, fraction_of_stage: float, *, force: bool = False, **detail: Any) -> None:
+        self.detail.update(detail)
+        now = time.monotonic()
+        if not force and now - self.last_write < 0.5:
+            return
+        self.last_write = now
+        overall = min((self.done + self.weights.get(self.stage, 0.0) * fraction_of_stage) / self.total, 1.0)
+        gained = overall - self.start_fraction
+        eta = (now - self.start_time) * (1 - overall) / gained if gained > 0.01 else None
+        self.run.update_status(
+            stage=self.stage, progress=round(overall, 4), eta_s=None if eta is None else round(eta, 1), **self.detail
+        )
+        if self.echo is not None:
+            parts = [f"[{self.stage}]", f"{overall:5.1%}"]
+            if "epoch" in self.detail:
+                parts.append(f"epoch {self.detail['epoch']}/{self.detail.get('epochs', '?')}")
+            if eta is not None:
+                parts.append(f"ETA {eta:.0f}s")
+            self.echo("  ".join(parts))
+
+    def finish(self, stage: str) -> None:
+        self.done += self.weights[stage]
+        stages_done = [*self.run.raw_status().get("stages_done", []), stage]
+        self.run.update_status(stages_done=stages_done)
+        self.run.log(f"stage {stage} done")
+
+
+# ---------------------------------------------------------------------- context shared by the stages
+@dataclass
+class Context:
+    run: Run
+    config: RunConfig
+    bundle: DatasetBundle
+    device: torch.device
+    progress: Progress
+    should_stop: Callable[[], bool]
+    _masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def new_model(self) -> models.Classifier:
+        return models.build_model(
+            self.config.backbone,
+            self.bundle.num_classes,
+            self.bundle.channels,
+            self.bundle.image_size,
+            self.bundle.mean,
+            self.bundle.std,
+            pretrained=self.config.pretrained,
+        ).to(self.device)
+
+    def load_model(self, checkpoint: str) -> models.Classifier:
+        model = models.build_model(
+            self.config.backbone,
+            self.bundle.num_classes,
+            self.bundle.channels,
+            self.bundle.image_size,
+            self.bundle.mean,
+            self.bundle.std,
+        )
+        models.load_state(model, self.run.checkpoint_path(checkpoint))
+        return model.to(self.device)
+
+    def masks(self, name: str) -> torch.Tensor:
+        if name not in self._masks:
+            self._masks[name] = masking.load_masks(self.run.masks_path(name))
+        return self._masks[name]
+
+    def check_stop(self) -> bool:
+        if self.should_stop():
+            raise Cancelled()
+        return False
+
+
+def dataset_summary(bundle: DatasetBundle) -> dict[str, Any]:
+    """What pages need to rebuild models and label numbers without loading the data."""
+    train_groups = bundle.splits["train"].groups
+    return {
+        "name": bundle.name,
+        "class_names": bundle.class_names,
+        "group_names": bundle.group_names,
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        "channels": bundle.channels,
+        "image_size": bundle.image_size,
+        "test_splits": bundle.test_splits,
+        "main_test_split": bundle.main_test_split,
+        "eval_splits": bundle.eval_splits,
+        "split_sizes": {name: len(split) for name, split in bundle.splits.items()},
+        "train_group_counts": None
+        if train_groups is None
+        else np.bincount(train_groups.numpy(), minlength=len(bundle.group_names or [])).tolist(),
+        "skipped_files": bundle.skipped,
+    }
+
+
+# ---------------------------------------------------------------------- stages
+def stage_erm(ctx: Context) -> None:
+    config, split = ctx.config, ctx.bundle.splits["train"]
+    model = ctx.new_model()
+    optimizer = train.make_optimizer(config, model, config.lr)
+    steps_per_epoch = -(-len(split) // config.batch_size)
+    scheduler = train.make_scheduler(config, optimizer, steps_per_epoch * config.epochs)
+    generator = train.seed_everything(config.seed)
+    state_path = ctx.run.checkpoint_path("erm_last")
+    start_epoch, best = 0, -1.0
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best = int(state["epoch"]), float(state["best"])
+        ctx.run.log(f"resuming ERM after epoch {start_epoch}")
+    source = train.BatchSource(split.images, split.labels)
+    for epoch in range(start_epoch, config.epochs):
+
+        def on_step(step: int, steps: int, loss: float, epoch: int = epoch) -> None:
+            if step % max(steps // 20, 1) == 0:
+                ctx.run.append_event({"stage": "erm", "kind": "step", "epoch": epoch + step / steps, "loss": loss})
+            ctx.progress.update((epoch + step / steps) / config.epochs, epoch=epoch + 1, epochs=config.epochs)
+
+        stats = train.train_epoch(
+            model,
+            source,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            batch_size=config.batch_size,
+            augment=ctx.bundle.augment,
+            device=ctx.device,
+            generator=generator,
+            on_step=on_step,
+            should_stop=ctx.check_stop,
+        )
+        val = validation_scores(ctx, model)
+        score = val["worst_group_accuracy"] if config.selection == "worst_group" else val["accuracy"]
+        improved = score is not None and score > best
+        if improved:
+            best = score
+            models.save_state(model, ctx.run.checkpoint_path("erm"))
+        ctx.run.append_event(
+            {"stage": "erm", "kind": "epoch", "epoch": epoch + 1, **_prefixed("train", stats),
+             **_prefixed("val", val), "selected": improved}
+        )
+        ctx.run.log(
+            f"ERM epoch {epoch + 1}/{config.epochs}: train loss {stats['loss']:.4f}, "
+            f"val accuracy {val['accuracy']:.4f}" + (" (best so far)" if improved else "")
+        )
+        training_state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch + 1,
+            "best": best,
+        }
+        with atomic_path(state_path) as tmp:
+            torch.save(training_state, tmp)
+    state_path.unlink(missing_ok=True)
+
+
+def validation_scores(ctx: Context, model: torch.nn.Module) -> dict[str, float | None]:
+    split = ctx.bundle.splits["val"]
+    probs = train.predict_probs(model, split.images, batch_size=ctx.config.batch_size, device=ctx.device)
+    result = evaluate.accuracy_metrics(
+        probs,
+        split.labels.numpy(),
+        None if split.groups is None else split.groups.numpy(),
+        class_names=ctx.bundle.class_names,
+        group_names=ctx.bundle.group_names,
+        train_group_fractions=None,
+    )
+    return {"accuracy": result["accuracy"], "worst_group_accuracy": result["worst_group_accuracy"]}
+
+
+def stage_masks(ctx: Context, iteration: int) -> None:
+    source = "erm" if iteration == 1 else f"masktune_{iteration - 1}"
+    model = ctx.load_model(source)
+    split = ctx.bundle.splits["train"]
+    config = ctx.config
+
+    def on_batch(done: int, total: int) -> None:
+        ctx.check_stop()
+        ctx.progress.update(done / total)
+
+    masks = masking.compute_masks(
+        model,
+        split.images,
+        method=config.cam_method,
+        rule=config.threshold_rule,
+        topk_percent=config.topk_percent,
+        batch_size=config.batch_size,
+        device=ctx.device,
+        progress=on_batch,
+    )
+    masking.save_masks(ctx.run.masks_path(f"iter{iteration}"), masks)
+    area = masks.flatten(1).float().mean(1)
+    ctx.run.append_event(
+        {"stage": f"masks_{iteration}", "kind": "masks", "mean_area": float(area.mean()),
+         "empty_fraction": float((area == 0).float().mean())}
+    )
+    ctx.run.log(f"masks {iteration}: {area.mean():.1%} of pixels masked on average; {int((area == 0).sum())} empty")
+
+
+def finetune(ctx: Context, source: str, masks: torch.Tensor, target: str, stage: str, seed_offset: int) -> None:
+    """One epoch on the masked training split from checkpoint ``source``; saves checkpoint ``target``."""
+    config, split = ctx.config, ctx.bundle.splits["train"]
+    model = ctx.load_model(source)
+    generator = train.seed_everything(config.seed + seed_offset)
+    optimizer = train.make_optimizer(config, model, config.finetune_lr)
+    # A constant small learning rate over the single epoch, as in the method.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    mean = ctx.bundle.mean
+
+    def mask_batch(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return masking.apply_masks(images, masks[index], fill=config.fill, mean=mean)
+
+    def on_step(step: int, steps: int, loss: float) -> None:
+        if step % max(steps // 20, 1) == 0:
+            ctx.run.append_event({"stage": stage, "kind": "step", "epoch": step / steps, "loss": loss})
+        ctx.progress.update(step / steps, epoch=1, epochs=1)
+
+    stats = train.train_epoch(
+        model,
+        train.BatchSource(split.images, split.labels, transform=mask_batch),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batch_size=config.batch_size,
+        augment=ctx.bundle.augment,
+        device=ctx.device,
+        generator=generator,
+        on_step=on_step,
+        should_stop=ctx.check_stop,
+    )
+    val = validation_scores(ctx, model)
+    ctx.run.append_event({"stage": stage, "kind": "epoch", "epoch": 1, **_prefixed("train", stats),
+                          **_prefixed("val", val)})
+    models.save_state(model, ctx.run.checkpoint_path(target))
+
+
+def stage_finetune(ctx: Context, iteration: int) -> None:
+    source = "erm" if iteration == 1 else f"masktune_{iteration - 1}"
+    finetune(ctx, source, ctx.masks(f"iter{iteration}"), f"masktune_{iteration}", f"finetune_{iteration}", iteration)
+    if iteration == ctx.config.iterations:
+        models.save_state(ctx.load_model(f"masktune_{iteration}"), ctx.run.checkpoint_path("masktune"))
+
+
+def stage_randmask(ctx: Context) -> None:
+    generator = torch.Generator().manual_seed(ctx.config.seed + 7919)
+    random_masks = masking.random_masks_like(ctx.masks("iter1"), generator)
+    masking.save_masks(ctx.run.masks_path("randmask"), random_masks)
+    finetune(ctx, "erm", random_masks, "randmask", "randmask", 100)
+
+
+def stage_evaluate(ctx: Context) -> None:
+    bundle, config = ctx.bundle, ctx.config
+    names = [n for n in MODEL_NAMES if ctx.run.checkpoint_path(n).exists()]
+    trained = {name: ctx.load_model(name) for name in names}
+    summary = dataset_summary(bundle)
+    fractions = evaluate.group_fractions(
+        None if bundle.splits["train"].groups is None else bundle.splits["train"].groups.numpy(),
+        len(bundle.group_names or []),
+    )
+    metrics: dict[str, Any] = {"splits": {}, "definitions": evaluate.DEFINITIONS,
+                               "main_test_split": bundle.main_test_split}
+    for i, split_name in enumerate(bundle.eval_splits):
+        split = bundle.splits[split_name]
+        labels = split.labels.numpy()
+        groups = None if split.groups is None else split.groups.numpy()
+        arrays: dict[str, np.ndarray] = {"index": np.arange(len(split)), "label": labels}
+        if groups is not None:
+            arrays["group"] = groups
+        metrics["splits"][split_name] = {}
+        for name, model in trained.items():
+            probs = train.predict_probs(model, split.images, batch_size=config.batch_size, device=ctx.device)
+            arrays[f"probs_{name}"] = probs
+            metrics["splits"][split_name][name] = evaluate.accuracy_metrics(
+                probs, labels, groups, class_names=bundle.class_names, group_names=bundle.group_names,
+                train_group_fractions=fractions,
+            )
+        ctx.run.save_predictions(split_name, arrays)
+        ctx.progress.update((i + 1) / len(bundle.eval_splits))
+    metrics["dataset"] = summary
+    write_json(ctx.run.file("metrics.json"), metrics)
+
+
+STAGES: dict[str, Callable[..., None]] = {
+    "erm": stage_erm,
+    "masks": stage_masks,
+    "finetune": stage_finetune,
+    "randmask": stage_randmask,
+    "evaluate": stage_evaluate,
+}
+
+
+def _run_stage(ctx: Context, stage: str) -> None:
+    kind, _, iteration = stage.partition("_")
+    if iteration:
+        STAGES[kind](ctx, int(iteration))
+    else:
+        STAGES[kind](ctx)
+
+
+def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_{key}": value for key, value in values.items()}
+
+
+# ---------------------------------------------------------------------- the whole run
+def execute(
+    run: Run,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) every unfinished stage of ``run``. Returns the final status; never raises for a
+    failure inside a stage (the status says ``failed`` with the message), only for a bad config."""
+    config = RunConfig.from_dict(run.config())
+    stages = plan_stages(config)
+    run.update_status(
+        state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()), error=None,
+        started=run.raw_status().get("started") or now_iso(), finished=None,
+    )
+    progress = Progress(run, stages, echo)
+    try:
+        progress.begin("data")
+        started = time.monotonic()
+        bundle = build_dataset(config.dataset, config.data_options())
+        write_json(run.file("dataset.json"), dataset_summary(bundle))
+        if bundle.skipped:
+            run.log(f"skipped {len(bundle.skipped)} unreadable image(s):\n  " + "\n  ".join(bundle.skipped))
+            run.update_status(skipped_files=bundle.skipped)
+        run.append_event({"stage": "data", "kind": "timing", "seconds": time.monotonic() - started})
+        ctx = Context(run, config, bundle, train.resolve_device(config.device), progress, should_stop)
+        done = set(run.raw_status().get("stages_done", []))
+        for stage, _ in stages:
+            if stage in done:
+                continue
+            ctx.check_stop()
+            started = time.monotonic()
+            progress.begin(stage)
+            _run_stage(ctx, stage)
+            run.append_event({"stage": stage, "kind": "timing", "seconds": time.monotonic() - started})
+            progress.finish(stage)
+        return run.update_status(state="done", stage=None, progress=1.0, eta_s=0, finished=now_iso())
+    except (Cancelled, KeyboardInterrupt):
+        run.log("cancelled by the user")
+        return run.update_status(state="cancelled", eta_s=None, finished=now_iso(), error="cancelled by the user")
+    except MaskTuneError as err:
+        run.log(f"failed: {err}")
+        return run.update_status(state="failed", eta_s=None, finished=now_iso(), error=str(err))
+    except Exception as err:  # noqa: BLE001 -- any other failure must still land in status.json
+        run.log("failed with an unexpected error:\n" + traceback.format_exc())
+        message = f"{type(err).__name__}: {err} (see log.txt)"
+        return run.update_status(state="failed", eta_s=None, finished=now_iso(), error=message)

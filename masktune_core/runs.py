@@ -1,0 +1,352 @@
+"""The run store: one directory per run, the contract between the engine and the pages.
+
+runs/<run_id>/
+  config.json     the validated RunConfig (resolved: no recipe option left as None)
+  status.json     state, stage, progress, eta_s, error, pid, timestamps, stages_done; replaced atomically
+  events.jsonl    append-only curves; a reader skips a torn last line
+  checkpoints/    erm.pt, masktune.pt, randmask.pt (state_dicts) and erm_last.pt (resumable training state)
+  masks/          bit-packed boolean masks of the training split, one file per iteration
+  predictions/    <split>.npz: index, label, group, probs_<model> for each model
+  metrics.json    per split, per model: accuracy, worst-group accuracy, per group, per class
+  selective/      saved threshold sets (JSON)
+  log.txt
+
+Every JSON file is written to a temporary file and renamed, so a crash leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from masktune_core.errors import RunStoreError
+
+STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE_STATES = ("queued", "running")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get("MASKTUNE_RUNS_DIR") or "runs")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------- atomic files
+def _disk_error(path: Path, err: OSError) -> RunStoreError:
+    if err.errno == errno.ENOSPC:
+        return RunStoreError(f"{path}: the disk is full; free some space and resume the run")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RunStoreError(f"{path}: cannot write here (read-only or no permission)")
+    return RunStoreError(f"{path}: {err.strerror or err}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise _disk_error(path, err) from None
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as err:
+        tmp_path.unlink(missing_ok=True)
+        raise _disk_error(path, err) from None
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as handle:
+            json.dump(value, handle, indent=2, default=_json_default)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def read_json(path: str | Path) -> Any | None:
+    """The file's value, or None if it is absent or unreadable (a torn write from an older version)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------- process liveness
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid from ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses; fields resume after the last ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_alive(pid: int | None, start_time: str | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    current = process_start_time(pid)
+    if current is None:
+        return Path("/proc").is_dir() is False  # no /proc: trust os.kill
+    if start_time is not None and current != start_time:
+        return False
+    # A zombie has exited; only its parent has not reaped it yet.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# ---------------------------------------------------------------------- one run
+class Run:
+    """A run directory. Reads never raise on a half-written run; writes are atomic."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.id = path.name
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r})"
+
+    # paths
+    def file(self, *parts: str) -> Path:
+        return self.path.joinpath(*parts)
+
+    def checkpoint_path(self, name: str) -> Path:
+        return self.file("checkpoints", f"{name}.pt")
+
+    def masks_path(self, name: str) -> Path:
+        return self.file("masks", f"{name}.npz")
+
+    def predictions_path(self, split: str) -> Path:
+        return self.file("predictions", f"{split}.npz")
+
+    # config / status / metrics
+    def config(self) -> dict[str, Any]:
+        return read_json(self.file("config.json")) or {}
+
+    def raw_status(self) -> dict[str, Any]:
+        return read_json(self.file("status.json")) or {"state": "interrupted", "error": "status.json unreadable"}
+
+    def status(self) -> dict[str, Any]:
+        """The status, with a dead process's queued/running state reported as ``interrupted``."""
+        status = self.raw_status()
+        if status.get("state") in ACTIVE_STATES and not process_alive(status.get("pid"), status.get("pid_start")):
+            status = {**status, "state": "interrupted", "error": status.get("error") or _dead_message(status)}
+        return status
+
+    def update_status(self, **changes: Any) -> dict[str, Any]:
+        status = {**self.raw_status(), **changes, "updated": now_iso()}
+        write_json(self.file("status.json"), status)
+        return status
+
+    def metrics(self) -> dict[str, Any] | None:
+        return read_json(self.file("metrics.json"))
+
+    # events
+    def append_event(self, event: dict[str, Any]) -> None:
+        line = json.dumps({"time": round(time.time(), 3), **event}, default=_json_default)
+        try:
+            with open(self.file("events.jsonl"), "a") as handle:
+                handle.write(line + "\n")
+        except OSError as err:
+            raise _disk_error(self.file("events.jsonl"), err) from None
+
+    def events(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.file("events.jsonl").read_text().splitlines()
+        except OSError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn line from a crash mid-write
+        return events
+
+    def log(self, message: str) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        try:
+            with open(self.file("log.txt"), "a") as handle:
+                handle.write(f"[{stamp}] {message}\n")
+        except OSError as err:
+            raise _disk_error(self.file("log.txt"), err) from None
+
+    def log_text(self) -> str:
+        try:
+            return self.file("log.txt").read_text()
+        except OSError:
+            return ""
+
+    # predictions
+    def predictions(self, split: str) -> dict[str, np.ndarray] | None:
+        path = self.predictions_path(split)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+        except (OSError, ValueError):
+            return None
+
+    def save_predictions(self, split: str, arrays: dict[str, np.ndarray]) -> None:
+        with atomic_path(self.predictions_path(split)) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+    def prediction_splits(self) -> list[str]:
+        return sorted(p.stem for p in self.file("predictions").glob("*.npz"))
+
+    # saved threshold sets
+    def threshold_sets(self) -> dict[str, dict[str, Any]]:
+        sets = {}
+        for path in sorted(self.file("selective").glob("*.json")):
+            value = read_json(path)
+            if isinstance(value, dict):
+                sets[path.stem] = value
+        return sets
+
+    def save_threshold_set(self, name: str, value: dict[str, Any]) -> None:
+        check_name(name, "threshold set name")
+        write_json(self.file("selective", f"{name}.json"), value)
+
+    # locking
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run's lock file while working on it, so two processes never run one run at once."""
+        handle = open(self.file(".lock"), "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunStoreError(f"run {self.id} is already being worked on by another process") from None
+            yield
+        finally:
+            handle.close()
+
+
+def _dead_message(status: dict[str, Any]) -> str:
+    stage = status.get("stage") or "start"
+    return f"the job process stopped while in stage '{stage}' (killed, or the machine restarted); resume it"
+
+
+def check_name(name: str, what: str = "run id") -> str:
+    if not isinstance(name, str) or not _RUN_ID.match(name) or ".." in name:
+        raise RunStoreError(
+            f"{what} {name!r} is not allowed: use letters, digits, '.', '_' and '-' (no '..', no '/')"
+        )
+    return name
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    return slug[:40] or "run"
+
+
+# ---------------------------------------------------------------------- the store
+class RunStore:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_runs_dir()
+
+    def get(self, run_id: str) -> Run:
+        check_name(run_id)
+        path = self.root / run_id
+        if not (path / "config.json").is_file():
+            raise RunStoreError(f"no run {run_id!r} in {self.root}")
+        return Run(path)
+
+    def create(self, config: dict[str, Any]) -> Run:
+        """Make a new run directory holding ``config`` and a queued status."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = f"{stamp}-{slugify(config.get('name') or config['dataset'])}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            run_id, suffix = base, 1
+            while True:
+                try:
+                    (self.root / run_id).mkdir()
+                    break
+                except FileExistsError:
+                    suffix += 1
+                    run_id = f"{base}-{suffix}"
+        except OSError as err:
+            raise _disk_error(self.root, err) from None
+        run = Run(self.root / run_id)
+        try:
+            for sub in ("checkpoints", "masks", "predictions", "selective"):
+                run.file(sub).mkdir()
+            write_json(run.file("status.json"), _initial_status())
+            write_json(run.file("config.json"), config)  # written last: a run exists once its config does
+        except BaseException:
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise
+        return run
+
+    def list(self) -> list[Run]:
+        if not self.root.is_dir():
+            return []
+        runs = [Run(p) for p in self.root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+        return sorted(runs, key=lambda run: run.id, reverse=True)
+
+    def delete(self, run_id: str) -> None:
+        run = self.get(run_id)
+        if run.status().get("state") in ACTIVE_STATES:
+            raise RunStoreError(f"run {run_id} is still {run.status()['state']}; cancel it first")
+        # Rename first so a half-deleted directory is never listed as a run.
+        trash = self.root / f".deleting-{run_id}-{os.getpid()}"
+        os.replace(run.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _initial_status() -> dict[str, Any]:
+    return {
+        "state": "queued",
+        "stage": None,
+        "progress": 0.0,
+        "eta_s": None,
+        "error": None,
+        "pid": None,
+        "pid_start": None,
+        "created": now_iso(),
+        "started": None,
+        "finished": None,
+        "stages_done": [],
+        "skipped_files": [],
+    }

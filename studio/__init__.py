@@ -1,0 +1,1 @@
+"""Shared state and cached data access for the dashboard pages."""

@@ -1,0 +1,51 @@
+"""Shared fixtures: one tiny finished run, made once per test session and copied for each test that needs it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from masktune_core.config import RunConfig
+from masktune_core.runs import Run, RunStore
+
+# Small enough to train in seconds on 2 cores, complete enough to exercise every stage and page.
+TINY_RUN = {
+    "dataset": "biased-digits",
+    "backbone": "small-cnn",
+    "epochs": 1,
+    "batch_size": 64,
+    "train_copies": 0,
+    "randmask": True,
+    "name": "tiny",
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run_template(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A finished tiny run (all stages, RandMask included). Never modify it: use ``finished_store``."""
+    from masktune_core.pipeline import execute
+
+    store = RunStore(tmp_path_factory.mktemp("template-runs"))
+    run = store.create(RunConfig.from_dict(TINY_RUN).resolved().to_dict())
+    status = execute(run)
+    assert status["state"] == "done", status
+    return run
+
+
+@pytest.fixture
+def finished_store(tiny_run_template: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunStore:
+    """A private run store holding a copy of the tiny finished run; MASKTUNE_RUNS_DIR points at it."""
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_run_template.path, root / tiny_run_template.id, ignore=shutil.ignore_patterns(".lock"))
+    monkeypatch.setenv("MASKTUNE_RUNS_DIR", str(root))
+    return RunStore(root)
+
+
+@pytest.fixture
+def empty_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunStore:
+    root = tmp_path / "runs"
+    monkeypatch.setenv("MASKTUNE_RUNS_DIR", str(root))
+    return RunStore(root)
