@@ -65,7 +65,7 @@ class RunConfig:
     fill: str = "black"
     randmask: bool = False
     # dataset protocol
-    val_fraction: float = 0.1
+    val_fraction: float | None = None  # None: the dataset's own default
     bad_images: str = "skip"
     square_size: int = 5
     square_color: tuple[int, int, int] = (255, 0, 0)
@@ -102,7 +102,9 @@ class RunConfig:
         except OSError as err:
             raise ConfigError("config", f"cannot read {path}: {err.strerror}") from None
         except json.JSONDecodeError as err:
-            raise ConfigError("config", f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+            raise ConfigError(
+                "config", f"{path} is not valid JSON ({err.msg} at line {err.lineno})"
+            ) from None
         if not isinstance(values, dict):
             raise ConfigError("config", f"{path} must hold a JSON object of options")
         return cls.from_dict(values)
@@ -162,7 +164,8 @@ class RunConfig:
         _in_range("momentum", self.momentum, 0.0, 0.999)
         _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _in_range("topk_percent", self.topk_percent, 0.1, 99.9)
-        _in_range("val_fraction", self.val_fraction, 0.01, 0.5)
+        if self.val_fraction is not None:
+            _in_range("val_fraction", self.val_fraction, 0.01, 0.5)
         _in_range("bias_ratio", self.bias_ratio, 0.5, 1.0)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
@@ -176,7 +179,9 @@ class RunConfig:
         if len(self.square_color) != 3 or any(not 0 <= c <= 255 for c in self.square_color):
             raise ConfigError("square_color", "needs three integers from 0 to 255, e.g. 255,0,0")
         if self.data_dir is not None and not self.download and not Path(self.data_dir).is_dir():
-            raise ConfigError("data_dir", f"{self.data_dir} is not a directory (pass --download to fetch data)")
+            raise ConfigError(
+                "data_dir", f"{self.data_dir} is not a directory (pass --download to fetch data)"
+            )
         if self.pretrained is not None and not Path(self.pretrained).is_file():
             raise ConfigError("pretrained", f"{self.pretrained} is not a file")
         if self.name is not None and (len(self.name) > 80 or not self.name.strip()):

@@ -34,6 +34,9 @@ class Split:
         )
 
 
+DEFAULT_VAL_FRACTION = 0.1
+
+
 @dataclass
 class DataOptions:
     """Options every builder receives. Builders ignore what does not apply to them."""
@@ -42,7 +45,7 @@ class DataOptions:
     image_size: int | None = None
     download: bool = False
     seed: int = 0
-    val_fraction: float = 0.1
+    val_fraction: float | None = None  # None: the dataset's own default
     bad_images: str = "skip"  # "skip": count, skip and list a corrupt image; "fail": stop naming it
     # biased-square protocol
     square_size: int = 5
