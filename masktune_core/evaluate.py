@@ -9,7 +9,9 @@ import numpy as np
 # Shown beside every number, so nobody has to guess which "average" is meant.
 DEFINITIONS = {
     "accuracy": "fraction of the split's samples whose argmax prediction equals the label (plain mean)",
-    "worst_group_accuracy": "minimum accuracy over the (class, spurious attribute) groups present in the split",
+    "worst_group_accuracy": (
+        "minimum accuracy over the (class, spurious attribute) groups present in the split"
+    ),
     "average_accuracy.plain": "plain mean accuracy over the split's samples (same as accuracy)",
     "average_accuracy.train_weighted": (
         "per-group accuracy weighted by the training split's group proportions (WILDS / group DRO convention)"

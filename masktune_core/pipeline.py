@@ -55,6 +55,8 @@ class Progress:
         self.start_fraction = self.done / self.total
         self.start_time = time.monotonic()
         self.last_write = 0.0
+        self.last_echo = 0.0
+        self.last_echo_key: tuple[str, Any] = ("", None)
         self.detail: dict[str, Any] = {}
 
     def begin(self, stage: str) -> None:
@@ -73,9 +75,14 @@ class Progress:
         gained = overall - self.start_fraction
         eta = (now - self.start_time) * (1 - overall) / gained if gained > 0.01 else None
         self.run.update_status(
-            stage=self.stage, progress=round(overall, 4), eta_s=None if eta is None else round(eta, 1), **self.detail
+            stage=self.stage,
+            progress=round(overall, 4),
+            eta_s=None if eta is None else round(eta, 1),
+            **self.detail,
         )
-        if self.echo is not None:
+        key = (self.stage, self.detail.get("epoch"))
+        if self.echo is not None and (force or key != self.last_echo_key or now - self.last_echo > 5):
+            self.last_echo_key, self.last_echo = key, now
             parts = [f"[{self.stage}]", f"{overall:5.1%}"]
             if "epoch" in self.detail:
                 parts.append(f"epoch {self.detail['epoch']}/{self.detail.get('epochs', '?')}")
@@ -181,7 +188,9 @@ def stage_erm(ctx: Context) -> None:
 
         def on_step(step: int, steps: int, loss: float, epoch: int = epoch) -> None:
             if step % max(steps // 20, 1) == 0:
-                ctx.run.append_event({"stage": "erm", "kind": "step", "epoch": epoch + step / steps, "loss": loss})
+                ctx.run.append_event(
+                    {"stage": "erm", "kind": "step", "epoch": epoch + step / steps, "loss": loss}
+                )
             ctx.progress.update((epoch + step / steps) / config.epochs, epoch=epoch + 1, epochs=config.epochs)
 
         stats = train.train_epoch(
@@ -203,8 +212,14 @@ def stage_erm(ctx: Context) -> None:
             best = score
             models.save_state(model, ctx.run.checkpoint_path("erm"))
         ctx.run.append_event(
-            {"stage": "erm", "kind": "epoch", "epoch": epoch + 1, **_prefixed("train", stats),
-             **_prefixed("val", val), "selected": improved}
+            {
+                "stage": "erm",
+                "kind": "epoch",
+                "epoch": epoch + 1,
+                **_prefixed("train", stats),
+                **_prefixed("val", val),
+                "selected": improved,
+            }
         )
         ctx.run.log(
             f"ERM epoch {epoch + 1}/{config.epochs}: train loss {stats['loss']:.4f}, "
@@ -261,13 +276,21 @@ def stage_masks(ctx: Context, iteration: int) -> None:
     masking.save_masks(ctx.run.masks_path(f"iter{iteration}"), masks)
     area = masks.flatten(1).float().mean(1)
     ctx.run.append_event(
-        {"stage": f"masks_{iteration}", "kind": "masks", "mean_area": float(area.mean()),
-         "empty_fraction": float((area == 0).float().mean())}
+        {
+            "stage": f"masks_{iteration}",
+            "kind": "masks",
+            "mean_area": float(area.mean()),
+            "empty_fraction": float((area == 0).float().mean()),
+        }
     )
-    ctx.run.log(f"masks {iteration}: {area.mean():.1%} of pixels masked on average; {int((area == 0).sum())} empty")
+    ctx.run.log(
+        f"masks {iteration}: {area.mean():.1%} of pixels masked on average; {int((area == 0).sum())} empty"
+    )
 
 
-def finetune(ctx: Context, source: str, masks: torch.Tensor, target: str, stage: str, seed_offset: int) -> None:
+def finetune(
+    ctx: Context, source: str, masks: torch.Tensor, target: str, stage: str, seed_offset: int
+) -> None:
     """One epoch on the masked training split from checkpoint ``source``; saves checkpoint ``target``."""
     config, split = ctx.config, ctx.bundle.splits["train"]
     model = ctx.load_model(source)
@@ -298,14 +321,22 @@ def finetune(ctx: Context, source: str, masks: torch.Tensor, target: str, stage:
         should_stop=ctx.check_stop,
     )
     val = validation_scores(ctx, model)
-    ctx.run.append_event({"stage": stage, "kind": "epoch", "epoch": 1, **_prefixed("train", stats),
-                          **_prefixed("val", val)})
+    ctx.run.append_event(
+        {"stage": stage, "kind": "epoch", "epoch": 1, **_prefixed("train", stats), **_prefixed("val", val)}
+    )
     models.save_state(model, ctx.run.checkpoint_path(target))
 
 
 def stage_finetune(ctx: Context, iteration: int) -> None:
     source = "erm" if iteration == 1 else f"masktune_{iteration - 1}"
-    finetune(ctx, source, ctx.masks(f"iter{iteration}"), f"masktune_{iteration}", f"finetune_{iteration}", iteration)
+    finetune(
+        ctx,
+        source,
+        ctx.masks(f"iter{iteration}"),
+        f"masktune_{iteration}",
+        f"finetune_{iteration}",
+        iteration,
+    )
     if iteration == ctx.config.iterations:
         models.save_state(ctx.load_model(f"masktune_{iteration}"), ctx.run.checkpoint_path("masktune"))
 
@@ -319,15 +350,20 @@ def stage_randmask(ctx: Context) -> None:
 
 def stage_evaluate(ctx: Context) -> None:
     bundle, config = ctx.bundle, ctx.config
-    names = [n for n in MODEL_NAMES if ctx.run.checkpoint_path(n).exists()]
+    # Earlier iterations of iterative MaskTune are reported too, as masktune_1, masktune_2, ...
+    earlier = [f"masktune_{i}" for i in range(1, config.iterations)]
+    names = [n for n in (*MODEL_NAMES, *earlier) if ctx.run.checkpoint_path(n).exists()]
     trained = {name: ctx.load_model(name) for name in names}
     summary = dataset_summary(bundle)
     fractions = evaluate.group_fractions(
         None if bundle.splits["train"].groups is None else bundle.splits["train"].groups.numpy(),
         len(bundle.group_names or []),
     )
-    metrics: dict[str, Any] = {"splits": {}, "definitions": evaluate.DEFINITIONS,
-                               "main_test_split": bundle.main_test_split}
+    metrics: dict[str, Any] = {
+        "splits": {},
+        "definitions": evaluate.DEFINITIONS,
+        "main_test_split": bundle.main_test_split,
+    }
     for i, split_name in enumerate(bundle.eval_splits):
         split = bundle.splits[split_name]
         labels = split.labels.numpy()
@@ -340,7 +376,11 @@ def stage_evaluate(ctx: Context) -> None:
             probs = train.predict_probs(model, split.images, batch_size=config.batch_size, device=ctx.device)
             arrays[f"probs_{name}"] = probs
             metrics["splits"][split_name][name] = evaluate.accuracy_metrics(
-                probs, labels, groups, class_names=bundle.class_names, group_names=bundle.group_names,
+                probs,
+                labels,
+                groups,
+                class_names=bundle.class_names,
+                group_names=bundle.group_names,
                 train_group_fractions=fractions,
             )
         ctx.run.save_predictions(split_name, arrays)
@@ -382,8 +422,12 @@ def execute(
     config = RunConfig.from_dict(run.config())
     stages = plan_stages(config)
     run.update_status(
-        state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()), error=None,
-        started=run.raw_status().get("started") or now_iso(), finished=None,
+        state="running",
+        pid=os.getpid(),
+        pid_start=process_start_time(os.getpid()),
+        error=None,
+        started=run.raw_status().get("started") or now_iso(),
+        finished=None,
     )
     progress = Progress(run, stages, echo)
     try:
@@ -409,11 +453,13 @@ def execute(
         return run.update_status(state="done", stage=None, progress=1.0, eta_s=0, finished=now_iso())
     except (Cancelled, KeyboardInterrupt):
         run.log("cancelled by the user")
-        return run.update_status(state="cancelled", eta_s=None, finished=now_iso(), error="cancelled by the user")
+        return run.update_status(
+            state="cancelled", eta_s=None, finished=now_iso(), error="cancelled by the user"
+        )
     except MaskTuneError as err:
         run.log(f"failed: {err}")
         return run.update_status(state="failed", eta_s=None, finished=now_iso(), error=str(err))
-    except Exception as err:  # noqa: BLE001 -- any other failure must still land in status.json
+    except Exception as err:  # any other failure must still land in status.json
         run.log("failed with an unexpected error:\n" + traceback.format_exc())
         message = f"{type(err).__name__}: {err} (see log.txt)"
         return run.update_status(state="failed", eta_s=None, finished=now_iso(), error=message)

@@ -58,7 +58,7 @@ def augment_batch(x: torch.Tensor, policy: str, generator: torch.Generator) -> t
     """Random per-image affine jitter (and flips) in one ``grid_sample`` call on the batch's device."""
     if policy == "none":
         return x
-    b, _, h, w = x.shape
+    b = x.shape[0]
     rand = lambda *shape: torch.rand(*shape, generator=generator).to(x.device)  # noqa: E731
     theta = torch.zeros(b, 2, 3, device=x.device)
     angle = torch.zeros(b, device=x.device)
@@ -123,7 +123,9 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass over ``source`` in a seeded random order. Returns mean loss and accuracy on the pass."""
     model.train()
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+    scaler = (
+        torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+    )
     order = torch.randperm(len(source), generator=generator)
     steps = math.ceil(len(source) / batch_size)
     total_loss, correct, seen = 0.0, 0, 0
@@ -155,7 +157,9 @@ def train_epoch(
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device) -> np.ndarray:
+def predict_probs(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device
+) -> np.ndarray:
     """Softmax probabilities [N, K] (float32), in eval mode, no augmentation."""
     was_training = model.training
     model.eval()

@@ -61,15 +61,22 @@ def run_picker(
     runs = [r for r in store().list() if states is None or r.status().get("state") in states]
     if not runs:
         wanted = " or ".join(states) if states else "any"
-        where.info(f"No run in state {wanted} yet. Start one on the **Launch** page (or `python -m masktune_core run`).")
+        where.info(
+            f"No run in state {wanted} yet. Start one on the **Launch** page "
+            "(or `python -m masktune_core run`)."
+        )
         return None
     ids = [r.id for r in runs]
     wanted_id = st.query_params.get(param)
     index = ids.index(wanted_id) if wanted_id in ids else 0
     if wanted_id and wanted_id not in ids:
-        where.warning(f"Run {wanted_id!r} from the link is not available here; showing the newest run instead.")
+        where.warning(
+            f"Run {wanted_id!r} from the link is not available here; showing the newest run instead."
+        )
     by_id = {r.id: r for r in runs}
-    chosen = where.selectbox(label, ids, index=index, format_func=lambda i: run_label(by_id[i]), key=f"pick_{param}")
+    chosen = where.selectbox(
+        label, ids, index=index, format_func=lambda i: run_label(by_id[i]), key=f"pick_{param}"
+    )
     if st.query_params.get(param) != chosen:
         st.query_params[param] = chosen
     return by_id[chosen]
@@ -128,8 +135,12 @@ def _models(run_path: str, stamps: tuple[float, ...]) -> dict[str, Any]:
         if not path.exists():
             continue
         model = model_lib.build_model(
-            config["backbone"], len(summary["class_names"]), summary["channels"], summary["image_size"],
-            summary["mean"], summary["std"],
+            config["backbone"],
+            len(summary["class_names"]),
+            summary["channels"],
+            summary["image_size"],
+            summary["mean"],
+            summary["std"],
         )
         model_lib.load_state(model, path)
         loaded[name] = model.eval()
@@ -158,13 +169,17 @@ def friendly_errors(what: str = "This page") -> Iterator[None]:
         yield
     except MaskTuneError as err:
         st.error(str(err))
-    except Exception:  # noqa: BLE001 -- a page must never show a raw traceback
+    except Exception:  # a page must never show a raw traceback
         log.exception("page error")
         st.error(f"{what} hit an unexpected error; the details are in the server log.")
 
 
 def pct(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.{digits}f}%"
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and np.isnan(value))
+        else f"{100 * value:.{digits}f}%"
+    )
 
 
 def assets_dir() -> Path:
