@@ -27,12 +27,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from masktune_core import models  # noqa: E402
-from masktune_core.config import RunConfig  # noqa: E402
-from masktune_core.data import build_dataset  # noqa: E402
-from masktune_core.pipeline import execute  # noqa: E402
-from masktune_core.runs import RunStore  # noqa: E402
-from masktune_core.train import augment_batch  # noqa: E402
+from masktune_core import models
+from masktune_core.config import RunConfig
+from masktune_core.data import build_dataset
+from masktune_core.pipeline import execute
+from masktune_core.runs import RunStore
+from masktune_core.train import augment_batch
 
 STAGES = ("data", "erm", "masks_1", "finetune_1", "evaluate")
 

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from masktune_core.config import RunConfig
 from masktune_core.errors import MaskTuneError
-from masktune_core.runs import Run, RunStore, default_runs_dir
+from masktune_core.runs import Run, RunStore, default_runs_dir, now_iso, process_start_time
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,7 +36,9 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m masktune_core", description="MaskTune: ERM -> saliency masks -> finetune.")
+    parser = _Parser(
+        prog="python -m masktune_core", description="MaskTune: ERM -> saliency masks -> finetune."
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run an experiment (default: biased-digits with small-cnn)")
@@ -113,23 +115,33 @@ def _execute(run: Run, flag: list[bool]) -> dict[str, Any]:
 def cmd_resume(args: argparse.Namespace) -> int:
     from masktune_core.jobs import queue_slot
 
+    flag = _stop_flag()
     store = RunStore(args.runs_dir or default_runs_dir())
     run = store.get(args.run_id)
-    flag = _stop_flag()
-    state = run.status()["state"]
-    if state == "done":
+    run.load_config()
+    if run.status()["state"] == "done":
         print(f"run {run.id} is already done", file=sys.stderr)
         print(run.path)
         return 0
     with run.exclusive():
+        previous = run.status()
+        run.log(
+            f"resumed after state {previous.get('state')!r} at stage {previous.get('stage')!r}; "
+            f"stages already done: {', '.join(previous.get('stages_done') or []) or 'none'}"
+        )
+        # This process owns the run from here on; a cancel that reached it is in ``flag``.
+        owner = {"pid": os.getpid(), "pid_start": process_start_time(os.getpid()), "cancel_requested": False}
         try:
             if args.queue:
+                queued_at = previous.get("queued_at") if previous.get("state") == "queued" else None
+                run.update_status(state="queued", queued_at=queued_at or now_iso(), **owner)
                 with queue_slot(run, store, lambda: flag[0]):
                     status = _execute(run, flag)
             else:
+                run.update_status(**owner)
                 status = _execute(run, flag)
         except KeyboardInterrupt:
-            status = run.update_status(state="cancelled", error="cancelled by the user")
+            status = run.update_status(state="cancelled", error="cancelled by the user", finished=now_iso())
     if status["state"] != "done":
         print(f"error: run {status['state']}: {status.get('error')} ({run.path})", file=sys.stderr)
         return 1
@@ -184,7 +196,10 @@ def _print_headline(run: Run) -> None:
         parts = []
         for name, m in models.items():
             wga = m.get("worst_group_accuracy")
-            parts.append(f"{name} acc {_pct(m['accuracy'])}" + (f" (worst group {_pct(wga)})" if wga is not None else ""))
+            parts.append(
+                f"{name} acc {_pct(m['accuracy'])}"
+                + (f" (worst group {_pct(wga)})" if wga is not None else "")
+            )
         print(f"{split:14} " + " | ".join(parts))
 
 
@@ -196,7 +211,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(f"run {run.id}  ({run.path})")
     status = report["status"]
-    print(f"state {status.get('state')}  stage {status.get('stage')}  progress {100 * (status.get('progress') or 0):.0f}%")
+    progress = 100 * (status.get("progress") or 0)
+    print(f"state {status.get('state')}  stage {status.get('stage')}  progress {progress:.0f}%")
     if status.get("error"):
         print(f"error: {status['error']}")
     print("config: " + ", ".join(f"{k}={v}" for k, v in report["config"].items() if v is not None))
@@ -222,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except MaskTuneError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a disk or permission failure outside the run store's own checks
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -9,7 +9,6 @@ drops a dead job's lock, so a crash never blocks the queue.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
@@ -20,7 +19,15 @@ from pathlib import Path
 
 from masktune_core.config import RunConfig
 from masktune_core.errors import RunStoreError
-from masktune_core.runs import ACTIVE_STATES, Run, RunStore, now_iso, process_alive, process_start_time
+from masktune_core.runs import (
+    ACTIVE_STATES,
+    Run,
+    RunStore,
+    file_lock,
+    now_iso,
+    process_alive,
+    process_start_time,
+)
 
 
 def max_jobs() -> int:
@@ -33,60 +40,99 @@ def max_jobs() -> int:
 def submit(store: RunStore, config: RunConfig) -> Run:
     """Create a queued run for ``config`` and start its process; returns at once."""
     run = store.create(config.resolved().to_dict())
-    start(run, store)
+    with _start_lock(run):
+        _spawn(run, store)
     return run
 
 
 def start(run: Run, store: RunStore) -> None:
-    """Start (or restart, for resume) the process that works through ``run``'s unfinished stages."""
-    status = run.status()
-    if status.get("state") in ACTIVE_STATES:
-        raise RunStoreError(f"run {run.id} is already {status['state']}")
-    run.update_status(state="queued", error=None, queued_at=now_iso())
-    command = [sys.executable, "-m", "masktune_core", "resume", run.id, "--runs-dir", str(store.root), "--queue"]
-    with open(run.file("process.txt"), "ab") as output:
-        process = subprocess.Popen(
-            command,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: cancel reaches any worker it starts
-            cwd=Path.cwd(),
-        )
+    """Start the process that works through ``run``'s unfinished stages (resume after a failure,
+    a cancel or a crash). RunStoreError if the run is already queued or running, so two browser tabs
+    clicking at once start one process, not two."""
+    with _start_lock(run):
+        status = run.status()
+        if status.get("state") in ACTIVE_STATES:
+            raise RunStoreError(f"run {run.id} is already {status['state']}")
+        run.load_config()  # a damaged config.json fails here, in the caller's hands, not in the job
+        _spawn(run, store)
+
+
+def _start_lock(run: Run) -> contextlib.AbstractContextManager[None]:
+    """Held while checking a run's state and starting its process (threads of one server included)."""
+    return file_lock(run.file(".start.lock"))
+
+
+def _spawn(run: Run, store: RunStore) -> None:
+    run.update_status(state="queued", error=None, cancel_requested=False, queued_at=now_iso())
+    command = [
+        sys.executable,
+        "-m",
+        "masktune_core",
+        "resume",
+        run.id,
+        "--runs-dir",
+        str(store.root),
+        "--queue",
+    ]
+    try:
+        with open(run.file("process.txt"), "ab") as output:
+            process = subprocess.Popen(
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: cancel reaches any worker it starts
+                cwd=Path.cwd(),
+            )
+    except OSError as err:
+        run.update_status(state="failed", error=f"could not start the job process: {err}")
+        raise RunStoreError(
+            f"run {run.id}: could not start the job process ({err.strerror or err})"
+        ) from None
     run.update_status(pid=process.pid, pid_start=process_start_time(process.pid))
 
 
 def cancel(run: Run) -> None:
-    status = run.raw_status()
-    pid = status.get("pid")
-    if status.get("state") in ACTIVE_STATES and process_alive(pid, status.get("pid_start")):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+    """Stop a queued or running run. The job notices the signal between steps and records ``cancelled``;
+    if it dies first (still starting up, say), the ``cancel_requested`` mark makes it read as cancelled."""
+    with _start_lock(run):
+        status = run.raw_status()
+        if status.get("state") not in ACTIVE_STATES:
+            return
+        pid = status.get("pid")
+        if not process_alive(pid, status.get("pid_start")):
+            run.update_status(state="cancelled", error="cancelled by the user", finished=now_iso())
+            return
+        run.update_status(cancel_requested=True)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        # A job started here leads its own process group; a CLI run in a terminal does not, and
+        # signalling its group would hit the shell.
+        if os.getpgid(pid) == pid:
             os.killpg(pid, signal.SIGTERM)
-        return
-    if status.get("state") in ACTIVE_STATES:
-        run.update_status(state="cancelled", error="cancelled by the user", finished=now_iso())
+        else:
+            os.kill(pid, signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def queue_slot(run: Run, store: RunStore, should_stop: Callable[[], bool]) -> Iterator[None]:
     """Wait until ``run`` is the oldest queued run and a slot is free, then hold the slot."""
     slots = store.root / ".slots"
-    slots.mkdir(parents=True, exist_ok=True)
+    try:
+        slots.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunStoreError(f"{slots}: cannot create the job-slot folder ({err.strerror or err})") from None
     while True:
         if should_stop():
             raise KeyboardInterrupt
         if _first_in_line(run, store):
             for k in range(max_jobs()):
-                handle = open(slots / f"slot-{k}.lock", "a+")
+                slot = contextlib.ExitStack()
                 try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    slot.enter_context(file_lock(slots / f"slot-{k}.lock", wait=False))
                 except BlockingIOError:
-                    handle.close()
                     continue
-                try:
+                with slot:
                     yield
-                finally:
-                    handle.close()
                 return
         time.sleep(0.5)
 

@@ -69,7 +69,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     except OSError as err:
         tmp_path.unlink(missing_ok=True)
         raise _disk_error(path, err) from None
@@ -78,12 +80,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a directory) to the disk, so a rename survives a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path: str | Path, value: Any) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as handle:
-            json.dump(value, handle, indent=2, default=_json_default)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        json.dump(value, handle, indent=2, default=_json_default)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path``; the kernel drops it if the holder dies.
+
+    With ``wait=False`` a lock held elsewhere raises BlockingIOError at once.
+    """
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 -- opened apart from the `with` to turn OSError into one line
+    except OSError as err:
+        raise _disk_error(path, err) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield
 
 
 def read_json(path: str | Path) -> Any | None:
@@ -161,22 +184,70 @@ class Run:
 
     # config / status / metrics
     def config(self) -> dict[str, Any]:
-        return read_json(self.file("config.json")) or {}
+        """The stored config, or ``{}`` if unreadable: for display; ``load_config`` is for acting on it."""
+        value = read_json(self.file("config.json"))
+        return value if isinstance(value, dict) else {}
+
+    def load_config(self) -> dict[str, Any]:
+        """The stored config; RunStoreError naming the file if it is damaged, so a resume never falls back
+        to default options and silently runs another experiment."""
+        value = read_json(self.file("config.json"))
+        if not isinstance(value, dict) or not value:
+            path = self.file("config.json")
+            raise RunStoreError(f"{path}: damaged or unreadable; this run cannot be resumed")
+        return value
 
     def raw_status(self) -> dict[str, Any]:
-        return read_json(self.file("status.json")) or {"state": "interrupted", "error": "status.json unreadable"}
+        """status.json as written; if it is damaged, a status rebuilt from the files the stages left."""
+        value = read_json(self.file("status.json"))
+        return value if isinstance(value, dict) and "state" in value else self._recovered_status()
 
     def status(self) -> dict[str, Any]:
-        """The status, with a dead process's queued/running state reported as ``interrupted``."""
+        """The status, with a dead process's queued/running state reported as ``interrupted`` (or as
+        ``cancelled`` when a cancel was asked for and the process died before it could say so)."""
         status = self.raw_status()
-        if status.get("state") in ACTIVE_STATES and not process_alive(status.get("pid"), status.get("pid_start")):
-            status = {**status, "state": "interrupted", "error": status.get("error") or _dead_message(status)}
-        return status
+        if status.get("state") not in ACTIVE_STATES or process_alive(
+            status.get("pid"), status.get("pid_start")
+        ):
+            return status
+        if status.get("cancel_requested"):
+            return {**status, "state": "cancelled", "error": "cancelled by the user"}
+        return {**status, "state": "interrupted", "error": status.get("error") or _dead_message(status)}
 
     def update_status(self, **changes: Any) -> dict[str, Any]:
-        status = {**self.raw_status(), **changes, "updated": now_iso()}
-        write_json(self.file("status.json"), status)
+        """Merge ``changes`` into status.json. A lock makes the read-merge-write atomic, so a job and a
+        dashboard (a cancel, a resume) writing at the same moment never drop each other's fields."""
+        with file_lock(self.file(".status.lock")):
+            status = {**self.raw_status(), **changes, "updated": now_iso()}
+            write_json(self.file("status.json"), status)
         return status
+
+    def _recovered_status(self) -> dict[str, Any]:
+        """A status for a run whose status.json is damaged or missing: a stage whose outputs are on disk
+        counts as done (every stage writes its outputs last, atomically), so a resume redoes only the rest."""
+        done = []
+        if self.checkpoint_path("erm").exists() and not self.checkpoint_path("erm_last").exists():
+            done.append("erm")
+        iterations = int(self.config().get("iterations") or 1)
+        for i in range(1, iterations + 1):
+            if self.masks_path(f"iter{i}").exists():
+                done.append(f"masks_{i}")
+            # The last iteration also copies its checkpoint to masktune.pt before it counts as done.
+            if self.checkpoint_path(f"masktune_{i}").exists() and (
+                i < iterations or self.checkpoint_path("masktune").exists()
+            ):
+                done.append(f"finetune_{i}")
+        if self.checkpoint_path("randmask").exists():
+            done.append("randmask")
+        if self.file("metrics.json").is_file():
+            done.append("evaluate")
+        return {
+            **_initial_status(),
+            "state": "interrupted",
+            "stages_done": done,
+            "error": "status.json was damaged and has been rebuilt from the files on disk; "
+            "resume the run to redo any stage it does not list as done",
+        }
 
     def metrics(self) -> dict[str, Any] | None:
         return read_json(self.file("metrics.json"))
@@ -184,11 +255,7 @@ class Run:
     # events
     def append_event(self, event: dict[str, Any]) -> None:
         line = json.dumps({"time": round(time.time(), 3), **event}, default=_json_default)
-        try:
-            with open(self.file("events.jsonl"), "a") as handle:
-                handle.write(line + "\n")
-        except OSError as err:
-            raise _disk_error(self.file("events.jsonl"), err) from None
+        _append_line(self.file("events.jsonl"), line)
 
     def events(self) -> list[dict[str, Any]]:
         try:
@@ -205,11 +272,7 @@ class Run:
 
     def log(self, message: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
-        try:
-            with open(self.file("log.txt"), "a") as handle:
-                handle.write(f"[{stamp}] {message}\n")
-        except OSError as err:
-            raise _disk_error(self.file("log.txt"), err) from None
+        _append_line(self.file("log.txt"), f"[{stamp}] {message}")
 
     def log_text(self) -> str:
         try:
@@ -227,9 +290,8 @@ class Run:
             return None
 
     def save_predictions(self, split: str, arrays: dict[str, np.ndarray]) -> None:
-        with atomic_path(self.predictions_path(split)) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+        with atomic_path(self.predictions_path(split)) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
 
     def prediction_splits(self) -> list[str]:
         return sorted(p.stem for p in self.file("predictions").glob("*.npz"))
@@ -251,15 +313,27 @@ class Run:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the run's lock file while working on it, so two processes never run one run at once."""
-        handle = open(self.file(".lock"), "a+")
-        try:
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                stack.enter_context(file_lock(self.file(".lock"), wait=False))
             except BlockingIOError:
                 raise RunStoreError(f"run {self.id} is already being worked on by another process") from None
             yield
-        finally:
-            handle.close()
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline in one write. If a crash tore the previous line, start a fresh line
+    first, so the torn fragment stays the only line a reader skips instead of spoiling this one too."""
+    data = (line + "\n").encode()
+    try:
+        with open(path, "ab+") as handle:
+            if handle.seek(0, os.SEEK_END) > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    data = b"\n" + data
+            handle.write(data)
+    except OSError as err:
+        raise _disk_error(path, err) from None
 
 
 def _dead_message(status: dict[str, Any]) -> str:
@@ -312,8 +386,17 @@ class RunStore:
         try:
             for sub in ("checkpoints", "masks", "predictions", "selective"):
                 run.file(sub).mkdir()
-            write_json(run.file("status.json"), _initial_status())
+            # The creating process owns the queued run until a job process takes it over, so the run is
+            # never shown as interrupted in between.
+            pid = os.getpid()
+            write_json(
+                run.file("status.json"),
+                {**_initial_status(), "pid": pid, "pid_start": process_start_time(pid)},
+            )
             write_json(run.file("config.json"), config)  # written last: a run exists once its config does
+        except OSError as err:
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise _disk_error(run.path, err) from None
         except BaseException:
             shutil.rmtree(run.path, ignore_errors=True)
             raise
@@ -322,16 +405,27 @@ class RunStore:
     def list(self) -> list[Run]:
         if not self.root.is_dir():
             return []
-        runs = [Run(p) for p in self.root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+        try:
+            paths = list(self.root.iterdir())
+        except OSError as err:
+            raise _disk_error(self.root, err) from None
+        # Names outside the run-id pattern are never runs: ".deleting-*" folders and temporary files.
+        runs = [Run(p) for p in paths if _RUN_ID.match(p.name) and (p / "config.json").is_file()]
         return sorted(runs, key=lambda run: run.id, reverse=True)
 
     def delete(self, run_id: str) -> None:
         run = self.get(run_id)
-        if run.status().get("state") in ACTIVE_STATES:
-            raise RunStoreError(f"run {run_id} is still {run.status()['state']}; cancel it first")
-        # Rename first so a half-deleted directory is never listed as a run.
-        trash = self.root / f".deleting-{run_id}-{os.getpid()}"
-        os.replace(run.path, trash)
+        # Holding the run's lock keeps a CLI process from starting work on it mid-delete.
+        with run.exclusive():
+            state = run.status().get("state")
+            if state in ACTIVE_STATES:
+                raise RunStoreError(f"run {run_id} is still {state}; cancel it first")
+            # Rename first so a half-deleted directory is never listed as a run.
+            trash = self.root / f".deleting-{run_id}-{os.getpid()}"
+            try:
+                os.replace(run.path, trash)
+            except OSError as err:
+                raise _disk_error(run.path, err) from None
         shutil.rmtree(trash, ignore_errors=True)
 
 

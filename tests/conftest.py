@@ -39,7 +39,9 @@ def tiny_run_template(tmp_path_factory: pytest.TempPathFactory) -> Run:
 def finished_store(tiny_run_template: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunStore:
     """A private run store holding a copy of the tiny finished run; MASKTUNE_RUNS_DIR points at it."""
     root = tmp_path / "runs"
-    shutil.copytree(tiny_run_template.path, root / tiny_run_template.id, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(
+        tiny_run_template.path, root / tiny_run_template.id, ignore=shutil.ignore_patterns(".lock")
+    )
     monkeypatch.setenv("MASKTUNE_RUNS_DIR", str(root))
     return RunStore(root)
 
