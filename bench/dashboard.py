@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streamlit.testing.v1 import AppTest
 
@@ -31,6 +30,7 @@ from masktune_core.pipeline import execute
 from masktune_core.runs import RunStore
 from studio.common import PAGES
 
+ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 2.0
 
 

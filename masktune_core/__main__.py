@@ -20,6 +20,10 @@ from masktune_core.runs import Run, RunStore, default_runs_dir, now_iso, process
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No prefix matching: a typo such as --epoch must be an error, not silently taken as --epochs.
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
@@ -125,10 +129,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     with run.exclusive():
         previous = run.status()
-        run.log(
-            f"resumed after state {previous.get('state')!r} at stage {previous.get('stage')!r}; "
-            f"stages already done: {', '.join(previous.get('stages_done') or []) or 'none'}"
-        )
+        done = ", ".join(previous.get("stages_done") or []) or "none"
+        if previous.get("state") == "queued":  # started by jobs.start/submit, which logged why
+            run.log(f"job process {os.getpid()} started; stages already done: {done}")
+        else:
+            run.log(
+                f"resumed after state {previous.get('state')!r} at stage {previous.get('stage')!r}; "
+                f"stages already done: {done}"
+            )
         # This process owns the run from here on; a cancel that reached it is in ``flag``.
         owner = {"pid": os.getpid(), "pid_start": process_start_time(os.getpid()), "cancel_requested": False}
         try:

@@ -54,6 +54,7 @@ def start(run: Run, store: RunStore) -> None:
         if status.get("state") in ACTIVE_STATES:
             raise RunStoreError(f"run {run.id} is already {status['state']}")
         run.load_config()  # a damaged config.json fails here, in the caller's hands, not in the job
+        run.log(f"resume requested after state {status['state']!r} at stage {status.get('stage')!r}")
         _spawn(run, store)
 
 

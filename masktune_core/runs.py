@@ -25,6 +25,7 @@ import re
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,11 +49,15 @@ def now_iso() -> str:
 
 
 # ---------------------------------------------------------------------- atomic files
-def _disk_error(path: Path, err: OSError) -> RunStoreError:
-    if err.errno == errno.ENOSPC:
-        return RunStoreError(f"{path}: the disk is full; free some space and resume the run")
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return RunStoreError(f"{path}: cannot write here (read-only or no permission)")
+def disk_error(path: Path, err: OSError) -> RunStoreError:
+    """One line for a failed disk operation: what went wrong with which file, and what to do."""
+    elsewhere = "use a writable runs folder (--runs-dir or MASKTUNE_RUNS_DIR)"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RunStoreError(f"{path}: the disk is full; free some space, then resume the run")
+    if err.errno == errno.EROFS:
+        return RunStoreError(f"{path}: the file system is read-only; {elsewhere}")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return RunStoreError(f"{path}: permission denied; {elsewhere}")
     return RunStoreError(f"{path}: {err.strerror or err}")
 
 
@@ -65,7 +70,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as err:
-        raise _disk_error(path, err) from None
+        raise disk_error(path, err) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -74,7 +79,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _fsync(path.parent)
     except OSError as err:
         tmp_path.unlink(missing_ok=True)
-        raise _disk_error(path, err) from None
+        raise disk_error(path, err) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -103,7 +108,7 @@ def file_lock(path: Path, *, wait: bool = True) -> Iterator[None]:
     try:
         handle = open(path, "a+")  # noqa: SIM115 -- opened apart from the `with` to turn OSError into one line
     except OSError as err:
-        raise _disk_error(path, err) from None
+        raise disk_error(path, err) from None
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         yield
@@ -286,7 +291,7 @@ class Run:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {key: data[key] for key in data.files}
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             return None
 
     def save_predictions(self, split: str, arrays: dict[str, np.ndarray]) -> None:
@@ -333,7 +338,7 @@ def _append_line(path: Path, line: str) -> None:
                     data = b"\n" + data
             handle.write(data)
     except OSError as err:
-        raise _disk_error(path, err) from None
+        raise disk_error(path, err) from None
 
 
 def _dead_message(status: dict[str, Any]) -> str:
@@ -381,7 +386,7 @@ class RunStore:
                     suffix += 1
                     run_id = f"{base}-{suffix}"
         except OSError as err:
-            raise _disk_error(self.root, err) from None
+            raise disk_error(self.root, err) from None
         run = Run(self.root / run_id)
         try:
             for sub in ("checkpoints", "masks", "predictions", "selective"):
@@ -396,7 +401,7 @@ class RunStore:
             write_json(run.file("config.json"), config)  # written last: a run exists once its config does
         except OSError as err:
             shutil.rmtree(run.path, ignore_errors=True)
-            raise _disk_error(run.path, err) from None
+            raise disk_error(run.path, err) from None
         except BaseException:
             shutil.rmtree(run.path, ignore_errors=True)
             raise
@@ -408,7 +413,7 @@ class RunStore:
         try:
             paths = list(self.root.iterdir())
         except OSError as err:
-            raise _disk_error(self.root, err) from None
+            raise disk_error(self.root, err) from None
         # Names outside the run-id pattern are never runs: ".deleting-*" folders and temporary files.
         runs = [Run(p) for p in paths if _RUN_ID.match(p.name) and (p / "config.json").is_file()]
         return sorted(runs, key=lambda run: run.id, reverse=True)
@@ -425,7 +430,7 @@ class RunStore:
             try:
                 os.replace(run.path, trash)
             except OSError as err:
-                raise _disk_error(run.path, err) from None
+                raise disk_error(run.path, err) from None
         shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -145,7 +145,7 @@ _VARIANTS = (
         "digits",
         "scikit-learn digits 0-4 vs 5-9 with a coloured square (bundled, no download)",
         # Fewer epochs leave ERM a pure square detector (0 % on test_biased, 50 % on test_original), which
-        # one finetune epoch cannot turn into a digit reader; at 8 it also learns some digits, as in the paper.
+        # one finetune epoch cannot turn into a digit reader; at 8 it learns some digits too, as in the paper.
         8,
     ),
     ("biased-mnist", "mnist", "MNIST 0-4 vs 5-9 with a coloured square (the paper's benchmark)", 3),
