@@ -1,0 +1,180 @@
+"""The masks page (AppTest) and the rendering and model helpers behind it."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from masktune_core.runs import RunStore
+from studio import common, inference, viz
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120  # the first run imports torch and builds the dataset; a busy 2-core machine is slow
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+
+
+def masks_page(**query: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / common.PAGES["masks"]), default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def showing_text(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("Showing"))
+
+
+def test_empty_store_explains_what_to_do(empty_store: RunStore) -> None:
+    at = masks_page()
+    assert not at.exception
+    assert any("No run in state done" in i.value for i in at.info)
+    assert not at.get("image")
+
+
+def test_finished_run_renders_the_grid(finished_store: RunStore) -> None:
+    at = masks_page()
+    assert not at.exception and not at.error
+    run = finished_store.list()[0]
+    train_size = common.dataset_summary(run)["split_sizes"]["train"]
+    assert showing_text(at).startswith(f"Showing **8** of **{train_size:,}** matching")
+    # original, ERM heatmap and masked image for each of the 8 rows
+    assert len(at.get("image")) == 8 * 3
+    assert at.get("download_button")
+
+    at.toggle[0].set_value(True).run()  # the MaskTune heatmap column
+    assert len(at.get("image")) == 8 * 4
+
+
+def test_outcome_filter_counts_match_the_predictions(finished_store: RunStore) -> None:
+    run = finished_store.list()[0]
+    preds = run.predictions("val")
+    erm_ok = preds["probs_erm"].argmax(1) == preds["label"]
+    mt_ok = preds["probs_masktune"].argmax(1) == preds["label"]
+    expected = int((~erm_ok & mt_ok).sum())
+
+    at = masks_page(split="val")
+    outcome = next(s for s in at.selectbox if s.label == "Outcome")
+    outcome.set_value("erm_wrong_mt_right").run()
+    assert not at.exception
+    if expected == 0:
+        assert any("No image of val matches" in i.value for i in at.info)
+    else:
+        assert f"of **{expected:,}** matching" in showing_text(at)
+        assert len(at.get("image")) == 3 * min(8, expected)
+
+
+def test_confidence_filter_narrows_the_matches(finished_store: RunStore) -> None:
+    run = finished_store.list()[0]
+    preds = run.predictions("val")
+    confidence = preds["probs_erm"].max(1)
+    at = masks_page(split="val")
+    slider = next(s for s in at.slider if s.label == "ERM confidence")
+    low = float(np.round(np.median(confidence), 2))
+    slider.set_value((low, 1.0)).run()
+    expected = int(((confidence >= low - 1e-9) & (confidence <= 1.0 + 1e-9)).sum())
+    assert f"of **{expected:,}** matching" in showing_text(at)
+
+
+def test_query_params_select_run_and_split(finished_store: RunStore) -> None:
+    original = finished_store.list()[0]
+    # A second run sorts first, so the link, not the default, must pick the original.
+    shutil.copytree(original.path, finished_store.root / "zzz-copy")
+    at = masks_page(run=original.id, split="test_original")
+    assert at.selectbox(key="pick_run").value == original.id
+    assert "in test_original" in showing_text(at)
+    assert at.query_params["split"] == "test_original"
+
+
+def test_train_masks_are_the_stored_ones_and_val_masks_follow_the_rule(finished_store: RunStore) -> None:
+    from masktune_core.cam import compute_heatmaps
+    from masktune_core.masking import apply_masks, load_masks, threshold_masks
+
+    run = finished_store.list()[0]
+    rows = [0, 5, 7]
+    train = inference.sample_views(run, "train", rows)
+    stored = load_masks(run.masks_path("iter1"))[rows].numpy()
+    assert np.array_equal(train["masks"], stored)
+    images = torch.from_numpy(train["images"])
+    assert np.array_equal(train["masked"], apply_masks(images, torch.from_numpy(stored)).numpy())
+
+    val = inference.sample_views(run, "val", rows, ("erm", "masktune"))
+    model = common.models(run)["erm"]
+    heat = compute_heatmaps(model, torch.from_numpy(val["images"]).float() / 255)
+    assert np.allclose(val["heat_erm"], heat.numpy(), atol=1e-6)
+    assert np.array_equal(val["masks"], threshold_masks(heat).numpy())
+    assert val["heat_masktune"].shape == val["heat_erm"].shape
+
+
+def test_train_predictions_are_computed_once_and_match_a_direct_forward(finished_store: RunStore) -> None:
+    run = finished_store.list()[0]
+    preds = inference.split_predictions(run, "train")
+    assert preds is not None and set(preds) >= {"label", "probs_erm", "probs_masktune"}
+    model = common.models(run)["masktune"]
+    images = common.bundle(run).splits["train"].images[:4].float() / 255
+    with torch.no_grad():
+        direct = torch.softmax(model(images), dim=1).numpy()
+    assert np.allclose(preds["probs_masktune"][:4], direct, atol=1e-5)
+
+
+def test_changed_dataset_is_reported_not_misaligned(finished_store: RunStore) -> None:
+    run = finished_store.list()[0]
+    summary_path = run.file("dataset.json")
+    summary = json.loads(summary_path.read_text())
+    summary["split_sizes"]["train"] += 1
+    summary_path.write_text(json.dumps(summary))
+    at = masks_page()
+    assert any("the dataset changed since" in e.value for e in at.error)
+
+
+# ---------------------------------------------------------------------------------------- rendering
+def test_jet_runs_from_blue_to_red() -> None:
+    colours = viz.jet(np.array([[0.0, 0.5, 1.0]]))[0]
+    assert colours[0].argmax() == 2  # blue at 0
+    assert colours[1].argmax() == 1  # green at 0.5
+    assert colours[2].argmax() == 0  # red at 1
+
+
+def test_overlay_opacity_ends() -> None:
+    image = np.full((4, 4, 3), 100, dtype=np.uint8)
+    heat = np.ones((4, 4), dtype=np.float32)
+    assert np.array_equal(viz.overlay(image, heat, 0.0), image)
+    assert np.array_equal(viz.overlay(image, heat, 1.0), viz.jet(heat))
+
+
+def test_upscale_is_nearest_neighbour() -> None:
+    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    big = viz.upscale(image, 3)
+    assert big.shape == (6, 6, 3)
+    assert np.array_equal(big[:3, :3], np.broadcast_to(image[0, 0], (3, 3, 3)))
+    assert viz.upscale_factor(28) == 5 and viz.upscale_factor(224) == 1
+
+
+def test_grid_png_has_a_header_and_one_band_per_row() -> None:
+    tile = np.zeros((28, 28, 3), dtype=np.uint8)
+    rows = [viz.GridRow([tile, tile, tile], ["#1 true 0-4", "ERM: 0-4"]) for _ in range(3)]
+    image = viz.compose_grid("run · val", ["Original", "Heatmap", "Masked", "Labels"], rows, cell=100)
+    decoded = Image.open(io.BytesIO(viz.png_bytes(image)))
+    assert decoded.format == "PNG"
+    assert decoded.height > 3 * 100 and decoded.width > 3 * 100
+    with pytest.raises(ValueError, match="headers"):
+        viz.compose_grid("t", ["only one"], rows)
+
+
+def test_md_escape_keeps_user_text_literal() -> None:
+    assert viz.md_escape("**a** [x](y)") == r"\*\*a\*\* \[x\]\(y\)"
+    assert viz.md_escape("0-4 / square") == r"0\-4 / square"

@@ -1,0 +1,215 @@
+"""The selective-classification page (AppTest): metrics, sliders, curve clicks, fitting, threshold sets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from masktune_core import selective
+from masktune_core.errors import ConfigError
+from masktune_core.runs import Run, RunStore
+from studio import common
+from studio import selective_state as ss
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+
+
+def selective_page(**query: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / common.PAGES["selective"]), default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def shown(at: AppTest) -> dict[str, list[str]]:
+    """Metric label -> values in page order (val first, then test)."""
+    values: dict[str, list[str]] = {}
+    for metric in at.metric:
+        values.setdefault(metric.label, []).append(metric.value)
+    return values
+
+
+def expected(run: Run, split: str, thresholds: selective.Thresholds, rule: str = "agreement") -> dict:
+    preds = run.predictions(split)
+    scored = selective.score(
+        rule, preds["probs_erm"], preds["probs_masktune"], preds["label"], preds.get("group")
+    )
+    return selective.evaluate(scored, thresholds)
+
+
+def only_run(store: RunStore) -> Run:
+    return store.list()[0]
+
+
+def test_empty_store_explains_what_to_do(empty_store: RunStore) -> None:
+    at = selective_page()
+    assert not at.exception
+    assert any("No run in state done" in i.value for i in at.info)
+    assert not at.metric
+
+
+def test_metrics_on_val_and_test_match_the_engine(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    assert not at.exception and not at.error
+    test_split = common.dataset_summary(run)["main_test_split"]
+    thresholds = selective.Thresholds.build(2, ss.DEFAULT_THRESHOLD)
+    values = shown(at)
+    for position, split in enumerate(("val", test_split)):
+        result = expected(run, split, thresholds)
+        assert values["Coverage"][position] == common.pct(result["coverage"])
+        assert values["Accuracy on accepted"][position] == common.pct(result["accuracy_on_accepted"])
+        assert values["Agreement rate"][position] == common.pct(result["agreement_rate"])
+    assert len(at.get("plotly_chart")) == 4  # three trade-off curves and the per-group curves
+
+
+def val_curve(run: Run) -> selective.Curve:
+    preds = run.predictions("val")
+    scored = selective.score("agreement", preds["probs_erm"], preds["probs_masktune"], preds["label"])
+    return selective.risk_coverage(selective.rank(scored))
+
+
+def test_global_slider_changes_the_metrics(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    before = shown(at)["Coverage"][0]
+    curve = val_curve(run)
+    # The middle of the curve accepts fewer samples than t = 0.5, which (K = 2) accepts every agreement.
+    middle = len(curve.threshold) // 2
+    at.slider(key=ss.KEY_GLOBAL).set_value(float(curve.threshold[middle])).run()
+    after = shown(at)["Coverage"][0]
+    assert after == common.pct(curve.coverage[middle])
+    assert after != before
+
+
+def test_per_class_threshold_and_weight_change_the_metrics(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    at.toggle(key=ss.key_own(1)).set_value(True).run()
+    at.slider(key=ss.key_class(1)).set_value(0.99).run()
+    at.number_input(key=ss.key_weight(0)).set_value(0.5).run()
+    thresholds = selective.Thresholds.build(2, ss.DEFAULT_THRESHOLD, [None, 0.99], [0.5, 1.0])
+    assert shown(at)["Coverage"][0] == common.pct(expected(run, "val", thresholds)["coverage"])
+
+
+def test_curve_selection_sets_the_global_threshold(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    test_split = common.dataset_summary(run)["main_test_split"]
+    curve = val_curve(run)
+    point = len(curve.threshold) // 3
+    t = float(curve.threshold[point])
+    key = ss.chart_key("risk_coverage", run.id, "agreement", test_split)
+    at.session_state[key] = {
+        "selection": {
+            "points": [{"curve_number": 0, "point_index": point, "x": 0.5, "y": 0.1, "customdata": [t]}],
+            "point_indices": [point],
+            "box": [],
+            "lasso": [],
+        }
+    }
+    at.run()
+    assert not at.exception
+    # The slider shows the point's threshold on its 0.001 grid; the exact value stays in use, so the
+    # clicked point's coverage is reproduced exactly, as the curve promises.
+    assert at.slider(key=ss.KEY_GLOBAL).value == pytest.approx(t, abs=5e-4)
+    assert shown(at)["Coverage"][0] == common.pct(curve.coverage[point])
+
+    # Moving the slider afterwards is not undone by the selection that is still in the chart's state.
+    at.slider(key=ss.KEY_GLOBAL).set_value(0.0).run()
+    assert at.slider(key=ss.KEY_GLOBAL).value == 0.0
+
+
+def test_fit_on_val_sets_the_fitted_threshold(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    at.slider(key=ss.KEY_TARGET).set_value(60).run()
+    next(b for b in at.button if b.label == "Fit on val").click().run()
+    preds = run.predictions("val")
+    scored = selective.score("agreement", preds["probs_erm"], preds["probs_masktune"], preds["label"])
+    fit = selective.fit_global_threshold(selective.rank(scored), 0.6)
+    assert at.slider(key=ss.KEY_GLOBAL).value == pytest.approx(fit.threshold, abs=5e-4)
+    assert shown(at)["Coverage"][0] == common.pct(fit.coverage)
+    assert any("on val" in m.value for m in [*at.success, *at.warning])
+    assert at.dataframe  # the coverage table, fitted on val and reported on test
+
+
+def test_save_load_and_reject_bad_names(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    at.slider(key=ss.KEY_GLOBAL).set_value(0.7).run()
+    at.text_input(key=ss.KEY_SAVE_NAME).set_value("agree-70").run()
+    next(b for b in at.button if b.label == "Save").click().run()
+    saved = run.threshold_sets()
+    assert saved["agree-70"]["global_threshold"] == pytest.approx(0.7)
+    assert saved["agree-70"]["fitted_on"] == "manual"
+
+    at.text_input(key=ss.KEY_SAVE_NAME).set_value("../escape").run()
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert any("not allowed" in e.value for e in at.error)
+    assert set(run.threshold_sets()) == {"agree-70"}
+
+    product = selective.ThresholdSet("product-set", "product", selective.Thresholds.build(2, 0.6))
+    run.save_threshold_set("product-set", json.loads(product.to_json()))
+    at.run()
+    at.selectbox(key="sel_load_name").set_value("product-set").run()
+    next(b for b in at.button if b.label == "Load").click().run()
+    assert at.selectbox(key=ss.KEY_RULE).value == "product"
+    assert at.slider(key=ss.KEY_GLOBAL).value == pytest.approx(0.6)
+
+
+def test_import_json_applies_a_set_and_reports_a_bad_file(finished_store: RunStore) -> None:
+    at = selective_page()
+    good = selective.ThresholdSet(
+        "imported", "softmax_masktune", selective.Thresholds.build(2, 0.8, [None, 0.9], [1.0, 0.5])
+    )
+    at.file_uploader(key=ss.KEY_IMPORT).set_value(
+        ("set.json", good.to_json().encode(), "application/json")
+    ).run()
+    assert not at.exception
+    assert at.selectbox(key=ss.KEY_RULE).value == "softmax_masktune"
+    assert at.slider(key=ss.KEY_GLOBAL).value == pytest.approx(0.8)
+    assert at.toggle(key=ss.key_own(1)).value is True
+    assert at.number_input(key=ss.key_weight(1)).value == pytest.approx(0.5)
+
+    wrong = json.loads(good.to_json())
+    wrong["per_class"] = [None, None, None]
+    at.file_uploader(key=ss.KEY_IMPORT).set_value(
+        ("bad.json", json.dumps(wrong).encode(), "application/json")
+    )
+    at.run()
+    assert any("bad.json cannot be imported: per_class" in e.value for e in at.error)
+
+
+def test_parse_import_names_the_problem() -> None:
+    with pytest.raises(ConfigError, match="threshold_set"):
+        ss.parse_import(b"\xff\xfe not text", 2)
+    with pytest.raises(ConfigError, match="threshold_set"):
+        ss.parse_import(b"{not json", 2)
+    with pytest.raises(ConfigError, match="rule"):
+        data = json.loads(
+            selective.ThresholdSet("x", "agreement", selective.Thresholds.build(2, 0.5)).to_json()
+        )
+        data["rule"] = "nonsense"
+        ss.parse_import(json.dumps(data).encode(), 2)
+
+
+def test_deep_link_selects_the_run(finished_store: RunStore) -> None:
+    original = only_run(finished_store)
+    shutil.copytree(original.path, finished_store.root / "zzz-copy")
+    at = selective_page(run=original.id)
+    assert at.selectbox(key="pick_run").value == original.id
+    assert at.metric
