@@ -24,12 +24,12 @@ from masktune_core.runs import Run, RunStore, default_runs_dir, read_json
 log = logging.getLogger("masktune_studio")
 
 PAGES = {
-    "runs": "pages/home.py",
-    "launch": "pages/launch.py",
-    "results": "pages/results.py",
-    "masks": "pages/masks.py",
-    "selective": "pages/selective.py",
-    "try": "pages/try_image.py",
+    "runs": "views/home.py",
+    "launch": "views/launch.py",
+    "results": "views/results.py",
+    "masks": "views/masks.py",
+    "selective": "views/selective.py",
+    "try": "views/try_image.py",
 }
 MODEL_LABELS = {"erm": "ERM", "masktune": "MaskTune", "randmask": "RandMask"}
 
@@ -41,9 +41,10 @@ def store() -> RunStore:
 
 
 def run_label(run: Run) -> str:
-    config, status = run.config(), run.status()
+    # No state here: a select box keeps the label it first drew, so a state in it would go stale.
+    config = run.config()
     name = config.get("name") or run.id
-    return f"{name} · {config.get('dataset')} / {config.get('backbone')} · {status.get('state')}"
+    return f"{name} · {config.get('dataset')} / {config.get('backbone')}"
 
 
 def run_picker(

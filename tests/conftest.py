@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny finished run, made once per test session and copied for each test that needs it."""
+"""Shared fixtures: one tiny finished run made once per session and copied for each test that needs it."""
 
 from __future__ import annotations
 
@@ -51,3 +51,36 @@ def empty_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunStore:
     root = tmp_path / "runs"
     monkeypatch.setenv("MASKTUNE_RUNS_DIR", str(root))
     return RunStore(root)
+
+
+@pytest.fixture
+def fresh_caches() -> None:
+    """Streamlit's caches are shared by every AppTest in one process; each test has its own run store."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+class FakeProcess:
+    pid = 2**22 + 1  # above Linux's largest pid: never alive, so the run reads as not running
+
+
+@pytest.fixture
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record the job processes a page would start instead of starting them."""
+    import subprocess
+    import types
+
+    from masktune_core import jobs
+
+    commands: list[list[str]] = []
+
+    def fake_popen(command: list[str], **kwargs: object) -> FakeProcess:
+        commands.append(command)
+        return FakeProcess()
+
+    # Replace the jobs module's view of subprocess only: other code (torch's import) still spawns for real.
+    fake = types.SimpleNamespace(Popen=fake_popen, STDOUT=subprocess.STDOUT, DEVNULL=subprocess.DEVNULL)
+    monkeypatch.setattr(jobs, "subprocess", fake)
+    return commands

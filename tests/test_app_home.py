@@ -1,55 +1,28 @@
-"""The Runs page (pages/home.py) in AppTest: empty state, table, deep link, resume, delete."""
+"""The Runs page (views/home.py) in AppTest: empty state, table, deep link, resume, delete."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import types
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from masktune_core import jobs
 from masktune_core.runs import RunStore, process_start_time
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-@pytest.fixture(autouse=True)
-def fresh_caches() -> None:
-    # Cached readers are shared across tests in one process; each test has its own run store.
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-class FakeProcess:
-    pid = 2**22 + 1  # above Linux's largest pid: never alive, so the run reads as not running
-
-
-@pytest.fixture
-def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Record the job processes the page would start instead of starting them."""
-    commands: list[list[str]] = []
-
-    def fake_popen(command: list[str], **kwargs: object) -> FakeProcess:
-        commands.append(command)
-        return FakeProcess()
-
-    # Replace the jobs module's view of subprocess only: other code (torch's import) still spawns for real.
-    fake = types.SimpleNamespace(Popen=fake_popen, STDOUT=subprocess.STDOUT, DEVNULL=subprocess.DEVNULL)
-    monkeypatch.setattr(jobs, "subprocess", fake)
-    return commands
+pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def open_runs(run_id: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     if run_id:
         at.query_params["run"] = run_id
-    at.switch_page("pages/home.py")
+    at.switch_page("views/home.py")
     at.run()
     assert not at.exception, at.exception
     return at

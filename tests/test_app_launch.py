@@ -1,18 +1,15 @@
-"""The Launch page (pages/launch.py) in AppTest: recipe defaults, validation, submit, the job panel."""
+"""The Launch page (views/launch.py) in AppTest: recipe defaults, validation, submit, the job panel."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import types
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from masktune_core import jobs
 from masktune_core.runs import RunStore, process_start_time
 from studio import launch_form
 
@@ -20,35 +17,14 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 DATASET = "biased-digits"
 
 
-@pytest.fixture(autouse=True)
-def fresh_caches() -> None:
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-class FakeProcess:
-    pid = 2**22 + 1  # above Linux's largest pid: never alive
-
-
-@pytest.fixture
-def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Record the job processes the page would start instead of starting them."""
-    commands: list[list[str]] = []
-
-    def fake_popen(command: list[str], **kwargs: object) -> FakeProcess:
-        commands.append(command)
-        return FakeProcess()
-
-    fake = types.SimpleNamespace(Popen=fake_popen, STDOUT=subprocess.STDOUT, DEVNULL=subprocess.DEVNULL)
-    monkeypatch.setattr(jobs, "subprocess", fake)
-    return commands
+pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def open_launch(run_id: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     if run_id:
         at.query_params["run"] = run_id
-    at.switch_page("pages/launch.py")
+    at.switch_page("views/launch.py")
     at.run()
     assert not at.exception, at.exception
     return at

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -21,11 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120  # the first run imports torch and builds the dataset; a busy 2-core machine is slow
 
 
-@pytest.fixture(autouse=True)
-def fresh_caches():
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def masks_page(**query: str) -> AppTest:

@@ -1,4 +1,4 @@
-"""The Results page (pages/results.py) in AppTest: numbers equal metrics.json, comparison, exports."""
+"""The Results page (views/results.py) in AppTest: numbers equal metrics.json, comparison, exports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
@@ -19,10 +18,7 @@ from masktune_core.runs import Run, RunStore
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-@pytest.fixture(autouse=True)
-def fresh_caches() -> None:
-    st.cache_data.clear()
-    st.cache_resource.clear()
+pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 @pytest.fixture
@@ -43,7 +39,7 @@ def open_results(**params: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     for key, value in params.items():
         at.query_params[key] = value
-    at.switch_page("pages/results.py")
+    at.switch_page("views/results.py")
     at.run()
     assert not at.exception, at.exception
     return at

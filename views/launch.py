@@ -141,8 +141,8 @@ def job_panel(run: Run) -> None:
 def job_picker(runs: list[Run]) -> Run:
     """Which job the panel shows: the URL's ?run= (a link, a refresh, a launch), else the newest run.
 
-    Unlike the analysis pages' picker, the labels carry no state: a select box keeps the label it was
-    first drawn with, and a job's state changes while the page is open.
+    The labels carry no state: a select box keeps the label it was first drawn with, and a job's state
+    changes while the page is open.
     """
     by_id = {run.id: run for run in runs}
     wanted = st.query_params.get("run")
