@@ -118,7 +118,7 @@ def read_json(path: str | Path) -> Any | None:
     """The file's value, or None if it is absent or unreadable (a torn write from an older version)."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError covers bad JSON and bytes that are not UTF-8
         return None
 
 
@@ -255,7 +255,8 @@ class Run:
         }
 
     def metrics(self) -> dict[str, Any] | None:
-        return read_json(self.file("metrics.json"))
+        value = read_json(self.file("metrics.json"))
+        return value if isinstance(value, dict) else None
 
     # events
     def append_event(self, event: dict[str, Any]) -> None:
@@ -342,8 +343,9 @@ def _append_line(path: Path, line: str) -> None:
 
 
 def _dead_message(status: dict[str, Any]) -> str:
-    stage = status.get("stage") or "start"
-    return f"the job process stopped while in stage '{stage}' (killed, or the machine restarted); resume it"
+    stage = status.get("stage")
+    where = f"while in stage '{stage}'" if stage else "before its first stage"
+    return f"the job process stopped {where} (killed, or the machine restarted); resume it"
 
 
 def check_name(name: str, what: str = "run id") -> str:
