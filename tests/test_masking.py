@@ -1,0 +1,208 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from masktune_core.cam import compute_heatmaps
+from masktune_core.errors import ConfigError, DataError
+from masktune_core.masking import (
+    apply_masks,
+    compute_masks,
+    load_masks,
+    random_masks_like,
+    save_masks,
+    threshold_masks,
+)
+from masktune_core.models import build_model
+
+
+def test_mean_plus_two_std_on_a_hand_made_map() -> None:
+    # Positive pixels: eight 1s and one 9. mu = 17/9 = 1.889, population variance
+    # (8 * (8/9)^2 + (64/9)^2) / 9 = 4608/729 = 6.321, sigma = 2.514, threshold = 1.889 + 5.028 = 6.917:
+    # only the 9 is masked. The -20 and the zeros are not positive, so they take no part in mu or sigma
+    # (counting the -20 would pull mu below 0 and mask every 1 as well).
+    heat = torch.zeros(1, 5, 5)
+    heat[0, 0, :5] = 1
+    heat[0, 1, :3] = 1
+    heat[0, 4, 4] = 9
+    heat[0, 2, 2] = -20
+    mask = threshold_masks(heat)
+    assert mask.dtype == torch.bool and mask.shape == (1, 5, 5)
+    assert mask.nonzero().tolist() == [[0, 4, 4]]
+
+
+def test_mean_plus_two_std_threshold_is_strict() -> None:
+    # Positives: 99 ones and one 10. mu = 1.09, sigma = sqrt((99 * 0.09^2 + 8.91^2) / 100) = 0.8955,
+    # threshold = 2.881: only the 10 goes. A constant map has sigma 0 and every pixel equal to the
+    # threshold, so the strict ">" masks nothing.
+    heat = torch.ones(2, 10, 10)
+    heat[0, 9, 9] = 10
+    mask = threshold_masks(heat)
+    assert mask[0].view(-1).nonzero().view(-1).tolist() == [99]
+    assert not mask[1].any()
+
+
+def test_mean_plus_two_std_matches_the_reference_formula_on_random_maps() -> None:
+    # The reference code: nanmean / nanstd over the positive pixels, then heat > mu + 2 sigma.
+    gen = torch.Generator().manual_seed(0)
+    heat = torch.randn(16, 12, 12, generator=gen, dtype=torch.float64) ** 3
+    positive = np.where(heat.numpy() > 0, heat.numpy(), np.nan)
+    threshold = np.nanmean(positive, axis=(1, 2)) + 2 * np.nanstd(positive, axis=(1, 2))
+    expected = heat.numpy() > threshold[:, None, None]
+    assert np.array_equal(threshold_masks(heat).numpy(), expected)
+    assert expected.any(axis=(1, 2)).all()
+
+
+def test_map_without_positive_pixels_gives_an_empty_mask() -> None:
+    heat = torch.stack([torch.zeros(6, 6), -torch.rand(6, 6)])
+    assert not threshold_masks(heat).any()
+    assert not threshold_masks(heat, "topk", 20).any()
+
+
+def test_topk_takes_the_hottest_pixels() -> None:
+    heat = torch.randperm(100, generator=torch.Generator().manual_seed(0)).float().view(1, 10, 10) + 1
+    mask = threshold_masks(heat, "topk", topk_percent=10)
+    assert mask.sum() == 10
+    assert set(heat[mask].tolist()) == set(range(91, 101))
+
+
+def test_topk_breaks_ties_by_position_and_skips_zero_heat() -> None:
+    flat = threshold_masks(torch.ones(1, 10, 10), "topk", topk_percent=5).view(-1)
+    assert flat.nonzero().view(-1).tolist() == [0, 1, 2, 3, 4]
+    heat = torch.zeros(1, 10, 10)
+    heat[0, 9, 7:] = 0.5  # 3 positive pixels, fewer than the 20 asked for
+    assert threshold_masks(heat, "topk", topk_percent=20).sum() == 3
+
+
+def test_threshold_rule_errors_name_their_field() -> None:
+    with pytest.raises(ConfigError) as err:
+        threshold_masks(torch.rand(1, 4, 4), "median")
+    assert err.value.field == "threshold_rule"
+    with pytest.raises(ConfigError) as err:
+        threshold_masks(torch.rand(1, 4, 4), "topk", topk_percent=0)
+    assert err.value.field == "topk_percent"
+
+
+def _masks_with_areas(areas: list[int], size: int = 28) -> torch.Tensor:
+    masks = torch.zeros(len(areas), size * size, dtype=torch.bool)
+    for i, area in enumerate(areas):
+        masks[i, torch.randperm(size * size, generator=torch.Generator().manual_seed(i))[:area]] = True
+    return masks.view(-1, size, size)
+
+
+def test_random_masks_keep_each_area_as_one_near_square_block() -> None:
+    areas = [0, 1, 7, 30, 97, 400, 784]
+    rand = random_masks_like(_masks_with_areas(areas), torch.Generator().manual_seed(0))
+    assert rand.dtype == torch.bool and rand.shape == (len(areas), 28, 28)
+    assert rand.flatten(1).sum(dim=1).tolist() == areas
+    for mask, area in zip(rand, areas, strict=True):
+        if area == 0:
+            continue
+        _, components = ndimage.label(mask.numpy())
+        assert components == 1
+        rows, cols = mask.nonzero().T
+        height, width = int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1
+        assert abs(height - width) <= 1
+
+
+def test_random_masks_fit_a_wide_image() -> None:
+    masks = torch.zeros(3, 4, 40, dtype=torch.bool)
+    masks[0, :, :30] = True  # area 120 > 4 rows of ceil(sqrt(120)) = 11
+    masks[1, 0, 0] = True
+    rand = random_masks_like(masks, torch.Generator().manual_seed(3))
+    assert rand.flatten(1).sum(dim=1).tolist() == [120, 1, 0]
+
+
+def test_random_masks_are_seeded() -> None:
+    masks = _masks_with_areas([20, 50, 9, 33])
+    first = random_masks_like(masks, torch.Generator().manual_seed(7))
+    again = random_masks_like(masks, torch.Generator().manual_seed(7))
+    other = random_masks_like(masks, torch.Generator().manual_seed(8))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def _images() -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.randint(
+        1, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 2:6, 3:9] = True
+    masks[1, 10:, :4] = True
+    return images, masks
+
+
+def test_black_fill_zeroes_masked_pixels_only() -> None:
+    images, masks = _images()
+    out = apply_masks(images, masks)
+    hidden = masks[:, None].expand_as(images)
+    assert out.dtype == torch.uint8
+    assert (out[hidden] == 0).all()
+    assert torch.equal(out[~hidden], images[~hidden])
+    assert images.min() > 0  # the input was not modified in place
+
+
+def test_mean_fill_uses_the_dataset_colour() -> None:
+    images, masks = _images()
+    out = apply_masks(images, masks, "mean", mean=(0.5, 0.25, 1.0))
+    for channel, value in enumerate((128, 64, 255)):
+        assert (out[:, channel][masks] == value).all()
+    assert torch.equal(out[:, 0][~masks], images[:, 0][~masks])
+
+
+def test_blur_fill_takes_the_blurred_pixels() -> None:
+    checker = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 255).to(torch.uint8)
+    images = checker.expand(1, 3, 16, 16).clone()
+    masks = torch.zeros(1, 16, 16, dtype=torch.bool)
+    masks[0, 4:12, 4:12] = True
+    out = apply_masks(images, masks, "blur")
+    inner = out[0, :, 4:12, 4:12].float()
+    assert ((inner - 127.5).abs() < 40).all()  # a blurred checkerboard is mid-grey
+    assert torch.equal(out[0][:, ~masks[0]], images[0][:, ~masks[0]])
+
+
+def test_unknown_fill_is_a_config_error() -> None:
+    images, masks = _images()
+    with pytest.raises(ConfigError) as err:
+        apply_masks(images, masks, "noise")
+    assert err.value.field == "fill"
+
+
+def test_save_and_load_round_trip_bit_packed(tmp_path: Path) -> None:
+    masks = torch.rand(50, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.9
+    path = tmp_path / "masks" / "train.npz"
+    save_masks(path, masks)
+    assert [p.name for p in path.parent.iterdir()] == ["train.npz"]
+    loaded = load_masks(path)
+    assert loaded.dtype == torch.bool and torch.equal(loaded, masks)
+    # 98 bytes a mask (784 bits) before compression, plus the zip's few hundred bytes of headers.
+    assert path.stat().st_size <= 50 * 98 + 600
+    with np.load(path) as data:
+        assert data["bits"].shape == (50, 98)
+
+
+def test_load_masks_rejects_other_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DataError) as err:
+        load_masks(bad)
+    assert err.value.path == str(bad)
+    with pytest.raises(DataError):
+        load_masks(tmp_path / "absent.npz")
+
+
+def test_compute_masks_streams_batches_and_matches_one_pass() -> None:
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 2, 1, 28, [0.5], [0.25]).eval()
+    images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
+    calls: list[tuple[int, int]] = []
+    masks = compute_masks(
+        model, images, batch_size=4, device="cpu", progress=lambda d, t: calls.append((d, t))
+    )
+    assert calls == [(4, 10), (8, 10), (10, 10)]
+    assert masks.dtype == torch.bool and masks.shape == (10, 28, 28) and masks.device.type == "cpu"
+    expected = threshold_masks(compute_heatmaps(model, images.float() / 255))
+    assert torch.equal(masks, expected)
+    assert masks.any()
