@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,8 @@ import torch
 from masktune_core import evaluate, masking, models, train
 from masktune_core.config import RunConfig
 from masktune_core.data import DatasetBundle, build_dataset
-from masktune_core.errors import MaskTuneError
-from masktune_core.runs import Run, atomic_path, now_iso, process_start_time, write_json
+from masktune_core.errors import CheckpointError, MaskTuneError
+from masktune_core.runs import Run, atomic_path, disk_error, now_iso, process_start_time, write_json
 
 MODEL_NAMES = ("erm", "masktune", "randmask")
 
@@ -167,15 +168,21 @@ def dataset_summary(bundle: DatasetBundle) -> dict[str, Any]:
 # ---------------------------------------------------------------------- stages
 def stage_erm(ctx: Context) -> None:
     config, split = ctx.config, ctx.bundle.splits["train"]
+    generator = train.seed_everything(config.seed)  # before the model, so --seed fixes its initial weights
     model = ctx.new_model()
     optimizer = train.make_optimizer(config, model, config.lr)
     steps_per_epoch = -(-len(split) // config.batch_size)
     scheduler = train.make_scheduler(config, optimizer, steps_per_epoch * config.epochs)
-    generator = train.seed_everything(config.seed)
     state_path = ctx.run.checkpoint_path("erm_last")
     start_epoch, best = 0, -1.0
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception:  # a pickle refused by weights_only, or a truncated file
+            raise CheckpointError(
+                f"{state_path}: the saved ERM training state is damaged or holds more than tensors; "
+                "delete it to restart ERM"
+            ) from None
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -419,7 +426,7 @@ def execute(
 ) -> dict[str, Any]:
     """Run (or resume) every unfinished stage of ``run``. Returns the final status; never raises for a
     failure inside a stage (the status says ``failed`` with the message), only for a bad config."""
-    config = RunConfig.from_dict(run.config())
+    config = RunConfig.from_dict(run.load_config())
     stages = plan_stages(config)
     run.update_status(
         state="running",
@@ -459,6 +466,10 @@ def execute(
     except MaskTuneError as err:
         run.log(f"failed: {err}")
         return run.update_status(state="failed", eta_s=None, finished=now_iso(), error=str(err))
+    except OSError as err:
+        message = str(disk_error(Path(err.filename) if err.filename else run.path, err))
+        run.log(f"failed: {message}")
+        return run.update_status(state="failed", eta_s=None, finished=now_iso(), error=message)
     except Exception as err:  # any other failure must still land in status.json
         run.log("failed with an unexpected error:\n" + traceback.format_exc())
         message = f"{type(err).__name__}: {err} (see log.txt)"
