@@ -22,6 +22,7 @@ def open_runs(run_id: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     if run_id:
         at.query_params["run"] = run_id
+    at.run()  # a first run registers the st.navigation pages, so switch_page finds them by url path
     at.switch_page("views/home.py")
     at.run()
     assert not at.exception, at.exception

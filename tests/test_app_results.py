@@ -39,6 +39,7 @@ def open_results(**params: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     for key, value in params.items():
         at.query_params[key] = value
+    at.run()  # a first run registers the st.navigation pages, so switch_page finds them by url path
     at.switch_page("views/results.py")
     at.run()
     assert not at.exception, at.exception
