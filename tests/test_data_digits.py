@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from masktune_core.data import DATASETS, DataOptions, build_dataset, dataset_availability, dataset_names
-from masktune_core.data.biased import square_slices
+from masktune_core.data.biased import MARGIN, square_slices
 from masktune_core.data.digits import affine_copies, load_digits_arrays
 from masktune_core.data.imageio import channel_stats, seeded_generator, stratified_split
 from masktune_core.errors import ConfigError
@@ -158,7 +158,8 @@ def test_biased_square_options():
     bundle = build_dataset("biased-digits", options)
     train = bundle.splits["train"]
     class0 = train.images[train.labels == 0]
-    assert bool((class0[:, :, 23:27, 23:27] == torch.tensor([0, 200, 10]).view(1, 3, 1, 1)).all())
+    corner = slice(28 - MARGIN - 4, 28 - MARGIN)  # a 4 px square MARGIN px from the bottom-right corner
+    assert bool((class0[:, :, corner, corner] == torch.tensor([0, 200, 10]).view(1, 3, 1, 1)).all())
     assert not bool(
         _square_present(train.images[train.labels == 1], options).any()
     )  # ratio 1: none on class 1
