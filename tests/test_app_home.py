@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from masktune_core.runs import RunStore, process_start_time
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
+from tests.apptest_pages import open_page
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def open_runs(run_id: str | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    if run_id:
-        at.query_params["run"] = run_id
-    at.run()  # a first run registers the st.navigation pages, so switch_page finds them by url path
-    at.switch_page("views/home.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("runs", **({"run": run_id} if run_id else {}))
 
 
 def texts(at: AppTest) -> str:

@@ -12,8 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from masktune_core.runs import RunStore, process_start_time
 from studio import launch_form
+from tests.apptest_pages import open_page
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 DATASET = "biased-digits"
 
 
@@ -21,14 +21,7 @@ pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def open_launch(run_id: str | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    if run_id:
-        at.query_params["run"] = run_id
-    at.run()  # a first run registers the st.navigation pages, so switch_page finds them by url path
-    at.switch_page("views/launch.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("launch", **({"run": run_id} if run_id else {}))
 
 
 def field(at: AppTest, kind: str, name: str, dataset: str = DATASET):

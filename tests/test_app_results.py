@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +13,7 @@ from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 from masktune_core.runs import Run, RunStore
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
+from tests.apptest_pages import open_page
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
@@ -36,14 +33,7 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
 
 
 def open_results(**params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    at.run()  # a first run registers the st.navigation pages, so switch_page finds them by url path
-    at.switch_page("views/results.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("results", **params)
 
 
 def copy_run(store: RunStore, run: Run, new_id: str, name: str) -> Run:
