@@ -45,7 +45,8 @@ FULL_GRID = [
     ("resnet50", 224, 32),
 ]
 QUICK_GRID = [("small-cnn", 28, 128), ("resnet18", 32, 128), ("resnet50", 64, 128)]
-WARMUP, REPEATS = 1, 5
+WARMUP = 1
+REPEATS, QUICK_REPEATS = 5, 3
 
 
 def cpu_model() -> str:
@@ -142,15 +143,17 @@ def markdown(rows: list[dict], load_before: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one size per backbone instead of the full grid")
+    parser.add_argument(
+        "--quick", action="store_true", help="one size per backbone and 3 rounds instead of 5"
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON on the last line")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    grid = QUICK_GRID if args.quick else FULL_GRID
+    grid, repeats = (QUICK_GRID, QUICK_REPEATS) if args.quick else (FULL_GRID, REPEATS)
     load_before = load_average()
     rows = []
     for backbone, size, batch in grid:
-        rows.append(measure(backbone, size, batch, warmup=WARMUP, repeats=REPEATS))
+        rows.append(measure(backbone, size, batch, warmup=WARMUP, repeats=repeats))
         print(
             f"{backbone} {size}px x{batch}: ours/forward {rows[-1]['ours_over_forward']:.2f}, "
             f"grad-cam/forward {rows[-1]['gradcam_over_forward']:.2f}",
