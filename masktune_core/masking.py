@@ -39,8 +39,8 @@ def threshold_masks(heat: Tensor, rule: str = "mean+2std", topk_percent: float =
     """Bool masks [B, H, W] from heatmaps [B, H, W], on the heat's device.
 
     "mean+2std" (the method): mask pixels whose heat exceeds mu + 2 sigma, with mu and the population
-    sigma taken over the image's strictly positive pixels; an image with no positive pixel keeps
-    everything. "topk": the ``topk_percent`` % hottest pixels (at least one), among the positive ones;
+    sigma taken over the image's strictly positive pixels; an image with no positive pixel gets an
+    empty mask. "topk": the ``topk_percent`` % hottest pixels (at least one), among the positive ones;
     equal heat is broken by position (row-major), so the result is deterministic.
     """
     check_threshold_rule(rule, topk_percent)

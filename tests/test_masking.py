@@ -21,8 +21,8 @@ from masktune_core.models import build_model
 def test_mean_plus_two_std_on_a_hand_made_map() -> None:
     # Positive pixels: eight 1s and one 9. mu = 17/9 = 1.889, population variance
     # (8 * (8/9)^2 + (64/9)^2) / 9 = 4608/729 = 6.321, sigma = 2.514, threshold = 1.889 + 5.028 = 6.917:
-    # only the 9 is masked. The -20 and the zeros are not positive, so they take no part in mu or sigma
-    # (counting the -20 would pull mu below 0 and mask every 1 as well).
+    # only the 9 is masked. The -20 and the zeros are not positive, so they take no part in mu or sigma:
+    # counting the -20 would give mu = -0.3, sigma = 6.99, a threshold of 13.67 and no mask at all.
     heat = torch.zeros(1, 5, 5)
     heat[0, 0, :5] = 1
     heat[0, 1, :3] = 1
