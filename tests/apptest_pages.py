@@ -21,3 +21,12 @@ def open_page(page: str, **query: str) -> AppTest:
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+def render_page_script(page: str, **query: str) -> AppTest:
+    """Render ``page``'s script alone (no router), for pages that need nothing app.py sets up."""
+    # The first run imports torch and builds the dataset: a busy 2-core machine needs the long timeout.
+    at = AppTest.from_file(str(Path(APP).parent / PAGES[page]), default_timeout=120)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.run()

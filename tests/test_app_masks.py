@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,19 +14,13 @@ from streamlit.testing.v1 import AppTest
 
 from masktune_core.runs import RunStore
 from studio import common, inference, viz
-
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 120  # the first run imports torch and builds the dataset; a busy 2-core machine is slow
-
+from tests.apptest_pages import render_page_script
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def masks_page(**query: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / common.PAGES["masks"]), default_timeout=TIMEOUT)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+    return render_page_script("masks", **query)
 
 
 def showing_text(at: AppTest) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -14,19 +13,13 @@ from masktune_core.errors import ConfigError
 from masktune_core.runs import Run, RunStore
 from studio import common
 from studio import selective_state as ss
-
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 120
-
+from tests.apptest_pages import render_page_script
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def selective_page(**query: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / common.PAGES["selective"]), default_timeout=TIMEOUT)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+    return render_page_script("selective", **query)
 
 
 def shown(at: AppTest) -> dict[str, list[str]]:

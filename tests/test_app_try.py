@@ -6,7 +6,6 @@ import io
 import json
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,20 +14,14 @@ from streamlit.testing.v1 import AppTest
 
 from masktune_core import selective
 from masktune_core.runs import RunStore
-from studio import common, inference
-
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 120
-
+from studio import inference
+from tests.apptest_pages import render_page_script
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def try_page(**query: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / common.PAGES["try"]), default_timeout=TIMEOUT)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+    return render_page_script("try", **query)
 
 
 def png(image: Image.Image) -> bytes:
