@@ -8,7 +8,9 @@ multi-layer aggregation step, a near no-op for one layer that is kept for equali
 Fast path ("xgradcam", "gradcam"): one forward in eval mode with the parameters frozen. A forward hook
 swaps the target activation A for a detached leaf that requires grad, so nothing before the target layer
 records a graph, and ``torch.autograd.grad(score, A)`` only runs back through the layers after it (for a
-ResNet: the pooling and the fc). Summing the predicted-class logits over the batch into one score is exact
+ResNet: the pooling and the fc). For XGradCAM on a backbone that declares a pooled layer (see
+``ModelInfo.pooled_layer``), the leaf is that pooled output instead and the backward pass covers only
+the classifier head. Summing the predicted-class logits over the batch into one score is exact
 in eval mode, where no layer mixes images (BatchNorm uses its running statistics).
 
 Library path (every method, and the two above with ``fast=False``): pytorch-grad-cam with its side effects
@@ -90,24 +92,35 @@ def _fast_heatmaps(model: Classifier, images: Tensor, method: str) -> Tensor:
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    captured: list[Tensor] = []
+    pooled = model.pooled_layer() if method == "xgradcam" else None
+    # With a pooled layer, the gradient is taken there (see ModelInfo.pooled_layer) and the target
+    # activation is only read; otherwise the target activation itself becomes the leaf.
+    leaf_layer = model.target_layer() if pooled is None else pooled
+    captured: dict[str, Tensor] = {}
+
+    def keep_target(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+        captured["acts"] = output.detach()
 
     def swap_for_leaf(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor:
         leaf = output.detach().requires_grad_(True)
-        captured.append(leaf)
+        captured["leaf"] = leaf
         return leaf
 
-    handle = model.target_layer().register_forward_hook(swap_for_leaf)
+    handles = [leaf_layer.register_forward_hook(swap_for_leaf)]
+    if pooled is not None:
+        handles.append(model.target_layer().register_forward_hook(keep_target))
     try:
         with torch.enable_grad():
             logits = model(images)
             score = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
-            (grads,) = torch.autograd.grad(score, captured[-1])
+            (grads,) = torch.autograd.grad(score, captured["leaf"])
     finally:
-        handle.remove()
-    acts = captured[-1].detach()
+        for handle in handles:
+            handle.remove()
+    leaf = captured["leaf"].detach()
+    acts = captured.get("acts", leaf)
     if method == "xgradcam":
-        weights = (grads * acts).sum(dim=(2, 3)) / (acts.sum(dim=(2, 3)) + _XGRAD_EPS)
+        weights = (grads * leaf).flatten(2).sum(2) / (acts.sum(dim=(2, 3)) + _XGRAD_EPS)
     else:
         weights = grads.mean(dim=(2, 3))
     batch, _, height, width = acts.shape

@@ -28,7 +28,11 @@ class ModelInfo:
 
     ``builder(num_classes, in_channels, image_size)`` returns the backbone with fresh weights;
     ``target_layer(backbone)`` is the module whose output activation the CAM uses;
-    ``load_pretrained(backbone, path)``, where set, loads a local weight file into a fresh backbone.
+    ``load_pretrained(backbone, path)``, where set, loads a local weight file into a fresh backbone;
+    ``pooled_layer(backbone)``, where set, is a later module whose output is computed from the target
+    activation by per-channel max and average pooling only. Such pooling is positively homogeneous, so
+    by Euler's theorem XGradCAM's sum of gradient x activation over the target map equals the same sum
+    over the pooled map, and the saliency backward pass can stop there.
     """
 
     name: str
@@ -37,6 +41,7 @@ class ModelInfo:
     target_layer: Callable[[nn.Module], nn.Module]
     min_image_size: int = 16
     load_pretrained: Callable[[nn.Module, Path], None] | None = None
+    pooled_layer: Callable[[nn.Module], nn.Module] | None = None
 
 
 class SmallCNN(nn.Module):
@@ -189,6 +194,14 @@ def _resnet_target(backbone: nn.Module) -> nn.Module:
     return backbone.layer4[-1]
 
 
+def _pooled_features(backbone: nn.Module) -> nn.Module:
+    return backbone.features  # ends: target ReLU -> max-pool -> adaptive average pool
+
+
+def _resnet_pooled(backbone: nn.Module) -> nn.Module:
+    return backbone.avgpool
+
+
 MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in (
@@ -198,6 +211,7 @@ MODELS: dict[str, ModelInfo] = {
             lambda k, c, s: SmallCNN(k, c),
             _small_cnn_target,
             min_image_size=16,
+            pooled_layer=_pooled_features,
         ),
         ModelInfo(
             "vgg",
@@ -205,6 +219,7 @@ MODELS: dict[str, ModelInfo] = {
             lambda k, c, s: SmallVGG(k, c),
             _vgg_target,
             min_image_size=8,
+            pooled_layer=_pooled_features,
         ),
         ModelInfo(
             "resnet18",
@@ -213,6 +228,7 @@ MODELS: dict[str, ModelInfo] = {
             _resnet_target,
             min_image_size=16,
             load_pretrained=_load_torchvision_pretrained,
+            pooled_layer=_resnet_pooled,
         ),
         ModelInfo(
             "resnet50",
@@ -221,6 +237,7 @@ MODELS: dict[str, ModelInfo] = {
             _resnet_target,
             min_image_size=16,
             load_pretrained=_load_torchvision_pretrained,
+            pooled_layer=_resnet_pooled,
         ),
     )
 }
@@ -254,6 +271,11 @@ class Classifier(nn.Module):
 
     def target_layer(self) -> nn.Module:
         return MODELS[self.backbone_name].target_layer(self.backbone)
+
+    def pooled_layer(self) -> nn.Module | None:
+        """See ``ModelInfo.pooled_layer``; None where the backbone declares none."""
+        find = MODELS[self.backbone_name].pooled_layer
+        return None if find is None else find(self.backbone)
 
     @property
     def num_classes(self) -> int:
