@@ -174,7 +174,9 @@ def stage_erm(ctx: Context) -> None:
     steps_per_epoch = -(-len(split) // config.batch_size)
     scheduler = train.make_scheduler(config, optimizer, steps_per_epoch * config.epochs)
     state_path = ctx.run.checkpoint_path("erm_last")
-    start_epoch, best = 0, -1.0
+    # Ties on the selection score are common (a shortcut model scores exactly the bias ratio on a biased
+    # val), so they go to the lower val cross-entropy rather than always to the first epoch.
+    start_epoch, best = 0, (-1.0, float("-inf"))
     if state_path.exists():
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -188,7 +190,10 @@ def stage_erm(ctx: Context) -> None:
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        start_epoch, best = int(state["epoch"]), float(state["best"])
+        start_epoch, best = (
+            int(state["epoch"]),
+            (float(state["best"]), -float(state.get("best_loss", float("inf")))),
+        )
         ctx.run.log(f"resuming ERM after epoch {start_epoch}")
     source = train.BatchSource(split.images, split.labels)
     for epoch in range(start_epoch, config.epochs):
@@ -214,9 +219,9 @@ def stage_erm(ctx: Context) -> None:
         )
         val = validation_scores(ctx, model)
         score = val["worst_group_accuracy"] if config.selection == "worst_group" else val["accuracy"]
-        improved = score is not None and score > best
+        improved = score is not None and (score, -val["loss"]) > best
         if improved:
-            best = score
+            best = (score, -val["loss"])
             models.save_state(model, ctx.run.checkpoint_path("erm"))
         ctx.run.append_event(
             {
@@ -239,7 +244,8 @@ def stage_erm(ctx: Context) -> None:
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "epoch": epoch + 1,
-            "best": best,
+            "best": best[0],
+            "best_loss": -best[1],
         }
         with atomic_path(state_path) as tmp:
             torch.save(training_state, tmp)
@@ -247,6 +253,7 @@ def stage_erm(ctx: Context) -> None:
 
 
 def validation_scores(ctx: Context, model: torch.nn.Module) -> dict[str, float | None]:
+    """Val accuracy, worst-group accuracy and mean cross-entropy of ``model``."""
     split = ctx.bundle.splits["val"]
     probs = train.predict_probs(model, split.images, batch_size=ctx.config.batch_size, device=ctx.device)
     result = evaluate.accuracy_metrics(
@@ -257,7 +264,13 @@ def validation_scores(ctx: Context, model: torch.nn.Module) -> dict[str, float |
         group_names=ctx.bundle.group_names,
         train_group_fractions=None,
     )
-    return {"accuracy": result["accuracy"], "worst_group_accuracy": result["worst_group_accuracy"]}
+    picked = probs[np.arange(len(probs)), split.labels.numpy()]
+    loss = float(-np.log(np.clip(picked, 1e-12, None)).mean())
+    return {
+        "accuracy": result["accuracy"],
+        "worst_group_accuracy": result["worst_group_accuracy"],
+        "loss": loss,
+    }
 
 
 def stage_masks(ctx: Context, iteration: int) -> None:
