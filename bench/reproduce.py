@@ -1174,6 +1174,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--runs-dir", help="keep the runs here and reuse finished ones (default: a temp dir)")
     parser.add_argument("--keep-runs", action="store_true", help="keep the default temporary runs directory")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own single-threaded process (default 1: one run, all threads)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1197,31 +1203,66 @@ def plan(quick: bool) -> tuple[list[Job], dict[str, float], list[str]]:
     return jobs, estimated, notes
 
 
-def run_grid(store: RunStore, jobs: Sequence[Job], estimated: dict[str, float]) -> tuple[list[Result], int]:
-    """Execute every job in order, printing progress and an ETA scaled by the time measured so far."""
+def _execute_in_worker(root: str, job: Job, finished: dict[str, str]) -> tuple[str, bool, float]:
+    """``execute_job`` in a worker process, on one thread (see ``run_grid``); paths cross the process line."""
+    import torch
+
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    run, was_reused = execute_job(RunStore(Path(root)), job, {n: Run(Path(p)) for n, p in finished.items()})
+    return str(run.path), was_reused, time.monotonic() - started
+
+
+def run_grid(
+    store: RunStore, jobs: Sequence[Job], estimated: dict[str, float], workers: int = 1
+) -> tuple[list[Result], int]:
+    """Execute every job, printing progress and an ETA scaled by the time measured so far.
+
+    With ``workers`` > 1 the jobs run in that many single-threaded processes, in two waves: the runs that
+    train their own ERM, then the ablations that start from one of them. On 2 cores two single-threaded
+    runs finish sooner than one after the other with two threads each, since these small models keep two
+    threads waiting on each other.
+    """
     finished: dict[str, Run] = {}
-    results, reused = [], 0
+    outcome: dict[str, tuple[bool, float]] = {}
     spent, spent_estimate = 0.0, 0.0
     remaining = sum(estimated.values())
-    for number, job in enumerate(jobs, 1):
-        print(f"[{number}/{len(jobs)}] {job.name}: estimated {estimated[job.name] / 60:.1f} min", flush=True)
-        started = time.monotonic()
-        run, was_reused = execute_job(store, job, finished)
-        took = time.monotonic() - started
+
+    def record(job: Job, run: Run, was_reused: bool, took: float) -> None:
+        nonlocal spent, spent_estimate, remaining
         remaining -= estimated[job.name]
-        if was_reused:
-            reused += 1
-        else:
+        if not was_reused:
             spent, spent_estimate = spent + took, spent_estimate + estimated[job.name]
         scale = spent / spent_estimate if spent_estimate else 1.0
         done = "reused" if was_reused else f"{took / 60:.1f} min"
-        print(
-            f"[{number}/{len(jobs)}] {job.name}: {done}, about {remaining * scale / 60:.1f} min left",
-            flush=True,
-        )
+        left = remaining * scale / 60
+        print(f"[{len(finished) + 1}/{len(jobs)}] {job.name}: {done}, about {left:.1f} min left", flush=True)
         finished[job.name] = run
-        results.append(Result.load(job, run))
-    return results, reused
+        outcome[job.name] = (was_reused, took)
+
+    if workers <= 1:
+        for number, job in enumerate(jobs, 1):
+            print(
+                f"[{number}/{len(jobs)}] {job.name}: estimated {estimated[job.name] / 60:.1f} min", flush=True
+            )
+            started = time.monotonic()
+            run, was_reused = execute_job(store, job, finished)
+            record(job, run, was_reused, time.monotonic() - started)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        waves = [[j for j in jobs if j.erm_from is None], [j for j in jobs if j.erm_from is not None]]
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for wave in waves:
+                paths = {name: str(run.path) for name, run in finished.items()}
+                futures = {pool.submit(_execute_in_worker, str(store.root), j, paths): j for j in wave}
+                for future in as_completed(futures):
+                    path, was_reused, took = future.result()
+                    record(futures[future], Run(Path(path)), was_reused, took)
+    results = [Result.load(job, finished[job.name]) for job in jobs]
+    return results, sum(was_reused for was_reused, _ in outcome.values())
 
 
 def write_page(out: Path, page_args: dict[str, Any], results: list[Result]) -> Path:
@@ -1275,7 +1316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     temporary = args.runs_dir is None
     runs_dir = Path(tempfile.mkdtemp(prefix="masktune-reproduce-")) if temporary else Path(args.runs_dir)
     try:
-        results, reused = run_grid(RunStore(runs_dir), jobs, estimated)
+        results, reused = run_grid(RunStore(runs_dir), jobs, estimated, args.workers)
         command = " ".join(
             [".venv/bin/python bench/reproduce.py", *(argv if argv is not None else sys.argv[1:])]
         )
