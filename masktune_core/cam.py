@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from masktune_core.config import CAM_METHODS
 from masktune_core.errors import ConfigError
 from masktune_core.models import Classifier
 
-CAM_METHODS: tuple[str, ...] = ("xgradcam", "gradcam", "gradcam++", "layercam", "eigencam")
 FAST_METHODS: tuple[str, ...] = ("xgradcam", "gradcam")
 
 _LIBRARY_CLASSES = {

@@ -20,11 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from masktune_core.cam import check_method, compute_heatmaps
+from masktune_core.config import FILLS, THRESHOLD_RULES
 from masktune_core.errors import ConfigError, DataError
 from masktune_core.models import Classifier
-
-THRESHOLD_RULES: tuple[str, ...] = ("mean+2std", "topk")
-FILLS: tuple[str, ...] = ("black", "mean", "blur")
 
 
 def check_threshold_rule(rule: str, topk_percent: float) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from masktune_core.config import SQUARE_POSITIONS as POSITIONS
 from masktune_core.data import build_dataset, dataset_availability, register
 from masktune_core.data.base import DataOptions, DatasetBundle, Split
 from masktune_core.data.imageio import channel_stats, cross_group_names, seeded_generator, to_rgb
 from masktune_core.errors import ConfigError
 
-POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 # px between the square and the image border. At 1 px the saliency maps of the small CNN peak on the
 # square's inner edges, 3-4 px off its centre, and a mask left about half of it visible (so the shortcut
 # survived the finetune); at 3 px the mask covers most of it.
