@@ -248,8 +248,12 @@ def estimate(jobs: Sequence[Job], sizes: dict[str, dict[str, int]]) -> float:
     return sum(estimate_run_seconds(j.config, sizes[j.dataset], j.erm_from is not None) for j in jobs)
 
 
-def full_grid(sizes_of: Callable[[Grid], dict[str, dict[str, int]]]) -> tuple[Grid, list[str]]:
+def full_grid(
+    sizes_of: Callable[[Grid], dict[str, dict[str, int]]], workers: int = 1
+) -> tuple[Grid, list[str]]:
     """All datasets with every seed, minus seeds of the large datasets while the estimate exceeds the budget.
+
+    The estimate counts single-threaded seconds, so ``workers`` runs at a time divide it.
 
     Returns the grid and one note per reduction, for the page.
     """
@@ -266,7 +270,7 @@ def full_grid(sizes_of: Callable[[Grid], dict[str, dict[str, int]]]) -> tuple[Gr
     sizes = sizes_of(grid())
     per_seed = {j.dataset: estimate([j], sizes) for j in make_jobs(grid()) if j.study != "ablation"}
     notes = []
-    while estimate(make_jobs(grid()), sizes) > BUDGET_S:
+    while estimate(make_jobs(grid()), sizes) / workers > BUDGET_S:
         reducible = [d for d in LARGE_DATASETS if len(seeds[d]) > 1]
         if not reducible:
             break
@@ -1183,7 +1187,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def plan(quick: bool) -> tuple[list[Job], dict[str, float], list[str]]:
+def plan(quick: bool, workers: int = 1) -> tuple[list[Job], dict[str, float], list[str]]:
     """The jobs in order, each one's estimated seconds, and the page notes on what the budget cut."""
     sizes: dict[str, dict[str, int]] = {}
 
@@ -1195,7 +1199,7 @@ def plan(quick: bool) -> tuple[list[Job], dict[str, float], list[str]]:
         grid, notes = quick_grid(), []
         sizes_of(grid)
     else:
-        grid, notes = full_grid(sizes_of)
+        grid, notes = full_grid(sizes_of, workers)
     jobs = make_jobs(grid)
     estimated = {
         j.name: estimate_run_seconds(j.config, sizes[j.dataset], j.erm_from is not None) for j in jobs
@@ -1235,7 +1239,7 @@ def run_grid(
             spent, spent_estimate = spent + took, spent_estimate + estimated[job.name]
         scale = spent / spent_estimate if spent_estimate else 1.0
         done = "reused" if was_reused else f"{took / 60:.1f} min"
-        left = remaining * scale / 60
+        left = remaining * scale / 60 / max(workers, 1)
         print(f"[{len(finished) + 1}/{len(jobs)}] {job.name}: {done}, about {left:.1f} min left", flush=True)
         finished[job.name] = run
         outcome[job.name] = (was_reused, took)
@@ -1302,13 +1306,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     try:
-        jobs, estimated, notes = plan(args.quick)
+        jobs, estimated, notes = plan(args.quick, args.workers)
     except MaskTuneError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    total = sum(estimated.values())
+    total = sum(estimated.values()) / args.workers
     print(
-        f"{len(jobs)} runs, estimated {total / 60:.0f} min (an upper bound on an idle 2-core machine)",
+        f"{len(jobs)} runs, estimated {total / 60:.0f} min with {args.workers} at a time "
+        "(an upper bound on an idle 2-core machine)",
         flush=True,
     )
     for note in notes:
