@@ -26,7 +26,16 @@ BAD_IMAGE_POLICIES = ("skip", "fail")
 SQUARE_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 # Options a dataset's recipe may set; anything the user leaves as None falls back to these.
-RECIPE_KEYS = ("backbone", "epochs", "batch_size", "lr", "finetune_lr", "optimizer", "image_size")
+RECIPE_KEYS = (
+    "backbone",
+    "epochs",
+    "batch_size",
+    "lr",
+    "finetune_lr",
+    "optimizer",
+    "image_size",
+    "threshold_rule",
+)
 GENERIC_RECIPE = {
     "backbone": "small-cnn",
     "epochs": 10,
@@ -34,6 +43,7 @@ GENERIC_RECIPE = {
     "lr": 0.01,
     "finetune_lr": 0.001,
     "optimizer": "sgd",
+    "threshold_rule": "mean+2std",
 }
 
 
@@ -60,7 +70,7 @@ class RunConfig:
     finetune_lr: float | None = None
     iterations: int = 1
     cam_method: str = "xgradcam"
-    threshold_rule: str = "mean+2std"
+    threshold_rule: str | None = None
     topk_percent: float = 10.0
     fill: str = "black"
     randmask: bool = False

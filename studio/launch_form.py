@@ -240,7 +240,11 @@ def _advanced_inputs(choice: DatasetChoice, key: Any) -> dict[str, Any]:
     values: dict[str, Any] = {}
 
     def select(field: str, options: tuple[str, ...], help: str | None = None) -> tuple[str, Any]:
-        return field, lambda where: where.selectbox(LABELS[field], options, key=key(field), help=help)
+        # A field the dataset's recipe sets starts at the recipe's value.
+        index = options.index(choice.recipe[field]) if field in choice.recipe else 0
+        return field, lambda where: where.selectbox(
+            LABELS[field], options, index=index, key=key(field), help=help
+        )
 
     def number(field: str, value: float, step: float, help: str | None = None) -> tuple[str, Any]:
         fmt = None if isinstance(value, int) else "%g"
@@ -259,8 +263,8 @@ def _advanced_inputs(choice: DatasetChoice, key: Any) -> dict[str, Any]:
             select(
                 "threshold_rule",
                 config_lib.THRESHOLD_RULES,
-                "mean+2std (the paper): mask pixels above "
-                "μ + 2σ of the positive heat. topk: mask the hottest k % of pixels.",
+                "mean+2std (the paper): mask pixels above μ + 2σ of the positive heat. topk: mask the "
+                "hottest k % of pixels (biased-digits' recipe: its μ + 2σ masks leave part of the square).",
             ),
             number("topk_percent", DEFAULTS.topk_percent, 1.0, "Used by the topk rule only."),
             select("fill", config_lib.FILLS, "black (the paper): masked pixels become 0."),

@@ -50,11 +50,14 @@ def test_the_form_holds_the_datasets_recipe_and_follows_a_dataset_change(empty_s
     assert field(at, "number_input", "lr").value == pytest.approx(recipe["lr"])
     assert field(at, "selectbox", "backbone").value == recipe["backbone"]
     assert field(at, "number_input", "train_copies").value == 8  # a digits dataset: copies are offered
+    assert field(at, "selectbox", "threshold_rule").value == recipe["threshold_rule"]
 
     at.selectbox(key="launch.dataset").set_value("waterbirds").run()
     waterbirds = get_dataset_info("waterbirds").defaults
     assert field(at, "number_input", "epochs", "waterbirds").value == waterbirds["epochs"]
     assert field(at, "selectbox", "backbone", "waterbirds").value == waterbirds["backbone"]
+    # waterbirds' recipe leaves the rule to the method's own mu + 2 sigma
+    assert field(at, "selectbox", "threshold_rule", "waterbirds").value == "mean+2std"
     assert "launch.waterbirds.data_dir" in [t.key for t in at.text_input]
     assert "launch.waterbirds.train_copies" not in [n.key for n in at.number_input]
     assert "launch.waterbirds.square_size" not in [n.key for n in at.number_input]

@@ -140,6 +140,8 @@ def test_every_run_keeps_its_dataset_recipe_and_ablations_start_from_their_seeds
     assert len(names) == len(set(names))
     for job in jobs:
         recipe = RunConfig.from_dict({"dataset": job.dataset}).resolved().to_dict()
+        if job.study == "ablation":  # an ablation changes its own option only, which may be a recipe key
+            recipe.update(rp.ABLATIONS[job.variant][1])
         assert {k: job.config[k] for k in RECIPE_KEYS} == {k: recipe[k] for k in RECIPE_KEYS}
         assert job.config["seed"] == job.seed
     ablations = [job for job in jobs if job.study == "ablation"]
