@@ -104,7 +104,9 @@ def test_train_masks_are_the_stored_ones_and_val_masks_follow_the_rule(finished_
     model = common.models(run)["erm"]
     heat = compute_heatmaps(model, torch.from_numpy(val["images"]).float() / 255)
     assert np.allclose(val["heat_erm"], heat.numpy(), atol=1e-6)
-    assert np.array_equal(val["masks"], threshold_masks(heat).numpy())
+    config = run.config()
+    expected = threshold_masks(heat, config["threshold_rule"], config["topk_percent"])
+    assert np.array_equal(val["masks"], expected.numpy())
     assert val["heat_masktune"].shape == val["heat_erm"].shape
 
 
