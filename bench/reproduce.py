@@ -1231,12 +1231,13 @@ def run_grid(
     threads waiting on each other.
     """
     finished: dict[str, Run] = {}
-    outcome: dict[str, tuple[bool, float]] = {}
+    reused = 0
     spent, spent_estimate = 0.0, 0.0
     remaining = sum(estimated.values())
 
     def record(job: Job, run: Run, was_reused: bool, took: float) -> None:
-        nonlocal spent, spent_estimate, remaining
+        nonlocal spent, spent_estimate, remaining, reused
+        reused += was_reused
         remaining -= estimated[job.name]
         if not was_reused:
             spent, spent_estimate = spent + took, spent_estimate + estimated[job.name]
@@ -1245,7 +1246,6 @@ def run_grid(
         left = remaining * scale / 60 / max(workers, 1)
         print(f"[{len(finished) + 1}/{len(jobs)}] {job.name}: {done}, about {left:.1f} min left", flush=True)
         finished[job.name] = run
-        outcome[job.name] = (was_reused, took)
 
     if workers <= 1:
         for number, job in enumerate(jobs, 1):
@@ -1269,7 +1269,7 @@ def run_grid(
                     path, was_reused, took = future.result()
                     record(futures[future], Run(Path(path)), was_reused, took)
     results = [Result.load(job, finished[job.name]) for job in jobs]
-    return results, sum(was_reused for was_reused, _ in outcome.values())
+    return results, reused
 
 
 def write_page(out: Path, page_args: dict[str, Any], results: list[Result]) -> Path:
