@@ -35,6 +35,7 @@ RECIPE_KEYS = (
     "optimizer",
     "image_size",
     "threshold_rule",
+    "train_copies",
 )
 GENERIC_RECIPE = {
     "backbone": "small-cnn",
@@ -44,6 +45,7 @@ GENERIC_RECIPE = {
     "finetune_lr": 0.001,
     "optimizer": "sgd",
     "threshold_rule": "mean+2std",
+    "train_copies": 8,
 }
 
 
@@ -81,7 +83,7 @@ class RunConfig:
     square_color: tuple[int, int, int] = (255, 0, 0)
     square_position: str = "top-left"
     bias_ratio: float = 0.99
-    train_copies: int = 8
+    train_copies: int | None = None
     # execution
     seed: int = 0
     device: str = "auto"
@@ -149,7 +151,7 @@ class RunConfig:
             square_color=tuple(self.square_color),
             square_position=self.square_position,
             bias_ratio=self.bias_ratio,
-            train_copies=self.train_copies,
+            train_copies=GENERIC_RECIPE["train_copies"] if self.train_copies is None else self.train_copies,
         )
 
     # ------------------------------------------------------------------ validation

@@ -308,7 +308,7 @@ def _advanced_inputs(choice: DatasetChoice, key: Any) -> dict[str, Any]:
         data.append(
             number(
                 "train_copies",
-                DEFAULTS.train_copies,
+                int(choice.recipe["train_copies"]),
                 1,
                 "Random-affine copies of every training image (0: the originals only, fastest).",
             )

@@ -49,7 +49,7 @@ def test_the_form_holds_the_datasets_recipe_and_follows_a_dataset_change(empty_s
     assert field(at, "number_input", "epochs").value == recipe["epochs"]
     assert field(at, "number_input", "lr").value == pytest.approx(recipe["lr"])
     assert field(at, "selectbox", "backbone").value == recipe["backbone"]
-    assert field(at, "number_input", "train_copies").value == 8  # a digits dataset: copies are offered
+    assert field(at, "number_input", "train_copies").value == recipe["train_copies"]  # a digits set: offered
     assert field(at, "selectbox", "threshold_rule").value == recipe["threshold_rule"]
 
     at.selectbox(key="launch.dataset").set_value("waterbirds").run()

@@ -89,6 +89,27 @@ def test_digits_options():
     assert err.value.field == "image_size"
 
 
+@pytest.mark.parametrize("size", [28, 16])
+def test_digits_sit_in_a_centred_box_with_a_black_border(size):
+    test = build_dataset("digits", DataOptions(train_copies=0, image_size=size)).splits["test"].images
+    box = round(size * 20 / 28)
+    start = (size - box) // 2
+    inside = test[:, :, start : start + box, start : start + box]
+    assert int(inside.sum()) == int(test.sum()) > 0  # every stroke lies in the box
+    # ...and the box is filled: some digit touches its top row and its left column.
+    assert int(inside[:, :, 0].max()) > 0 and int(inside[:, :, :, 0].max()) > 0
+
+
+def test_biased_square_lies_on_the_background_corner(biased):
+    """The square sits where digits rarely reach, so a mask over it erases little of the digit.
+
+    Digits filling the whole frame put 0.66 of their mean brightness under the square; the 20 px box, 0.09.
+    """
+    rows, cols = square_slices(28, FAST.square_size, FAST.square_position)
+    original = biased.splits["test_original"].images.float()
+    assert float(original[:, :, rows, cols].mean()) < 0.15 * float(original.mean())
+
+
 def test_affine_copies_move_but_keep_the_digit():
     images = torch.zeros(2, 1, 28, 28)
     images[:, :, 8:20, 12:16] = 255.0
@@ -191,3 +212,14 @@ def test_biased_is_seeded(biased):
     other = build_dataset("biased-digits", DataOptions(train_copies=1, seed=1))
     assert not torch.equal(other.splits["test_original"].labels, biased.splits["test_original"].labels)
     assert not torch.equal(other.splits["train"].images, biased.splits["train"].images)
+
+
+def test_train_copies_come_from_the_recipe_unless_given():
+    from masktune_core.config import GENERIC_RECIPE, RunConfig
+
+    recipe = DATASETS["biased-digits"].defaults["train_copies"]
+    assert recipe != GENERIC_RECIPE["train_copies"]  # biased-digits sets its own
+    assert RunConfig(dataset="biased-digits").resolved().data_options().train_copies == recipe
+    assert RunConfig(dataset="digits").resolved().train_copies == GENERIC_RECIPE["train_copies"]
+    given = RunConfig(dataset="biased-digits", train_copies=2).resolved()
+    assert given.train_copies == given.data_options().train_copies == 2
