@@ -144,7 +144,8 @@ _VARIANTS = (
         "biased-digits",
         "digits",
         "scikit-learn digits 0-4 vs 5-9 with a coloured square (bundled, no download)",
-        # Two things decide whether the finetune drops the square here (measured on seeds 0-8):
+        # Beside the digit layout (digits.py), two things decide whether the finetune drops the square
+        # here (measured on seeds 0-9):
         # - Every red pixel must be masked, or the finetune keeps the shortcut: the paper's mu+2sigma
         #   masks sit 1-2 px off the square (the 14x14 CAM map), the hottest 10 % of pixels cover it.
         # - The finetune needs steps: with 8 affine copies (76 steps) three of seeds 0-4 gained under 10
