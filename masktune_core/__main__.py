@@ -14,8 +14,10 @@ import signal
 import sys
 from typing import Any, NoReturn
 
+from masktune_core import studies
 from masktune_core.config import RunConfig
 from masktune_core.errors import MaskTuneError
+from masktune_core.report import command as report_command
 from masktune_core.runs import Run, RunStore, default_runs_dir, now_iso, process_start_time
 
 
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="stop a queued or running run")
     cancel.add_argument("run_id")
     cancel.add_argument("--runs-dir", default=None)
+    run.add_argument("--seeds", default=None, help="e.g. 0,1,2: one run per seed, as one seed study")
+    report_command.add_parser(commands)
     return parser
 
 
@@ -94,6 +98,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in given.items() if v is not None})
     config = RunConfig.from_dict(values).resolved()
     store = RunStore(args.runs_dir or default_runs_dir())
+    if args.seeds is None:
+        return _run_one(store, config)
+    configs = studies.seed_configs(config, studies.parse_seeds(args.seeds))
+    codes = [_run_one(store, one) for one in configs]
+    print(f"study {configs[0].study}")
+    return max(codes)
+
+
+def _run_one(store: RunStore, config: RunConfig) -> int:
     run = store.create(config.to_dict())
     flag = _stop_flag()
     with run.exclusive():
@@ -212,7 +225,12 @@ def _print_headline(run: Run) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = RunStore(args.runs_dir or default_runs_dir()).get(args.run_id)
+    store = RunStore(args.runs_dir or default_runs_dir())
+    if not (store.root / args.run_id / "config.json").is_file():  # not a run: a seed study?
+        summary = studies.summarize(studies.study_runs(store, args.run_id), args.run_id)
+        print(json.dumps(summary, indent=2) if args.json else "\n".join(studies.summary_lines(summary)))
+        return 0
+    run = store.get(args.run_id)
     report = {"config": run.config(), "status": run.status(), "metrics": run.metrics()}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -238,6 +256,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "show": cmd_show, "cancel": cmd_cancel}
+COMMANDS["report"] = report_command.cmd_report
 
 
 def main(argv: list[str] | None = None) -> int:

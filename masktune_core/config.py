@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     name: str | None = None
+    # The id shared by the runs of one seed study (``run --seeds``); None for a single run.
+    study: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -198,6 +201,10 @@ class RunConfig:
             raise ConfigError("pretrained", f"{self.pretrained} is not a file")
         if self.name is not None and (len(self.name) > 80 or not self.name.strip()):
             raise ConfigError("name", "must be 1 to 80 characters")
+        if self.study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.study):
+            raise ConfigError(
+                "study", "use 1 to 128 letters, digits, '.', '_' or '-', starting with one of the first two"
+            )
 
 
 # ---------------------------------------------------------------------- coercion helpers

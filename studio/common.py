@@ -126,26 +126,9 @@ def models(run: Run) -> dict[str, Any]:
 
 @st.cache_resource(show_spinner="Loading models…", max_entries=4)
 def _models(run_path: str, stamps: tuple[float, ...]) -> dict[str, Any]:
-    from masktune_core import models as model_lib
+    from masktune_core.models import load_run_models
 
-    run = Run(Path(run_path))
-    config, summary = run.config(), dataset_summary(run)
-    loaded = {}
-    for name in MODEL_LABELS:
-        path = run.checkpoint_path(name)
-        if not path.exists():
-            continue
-        model = model_lib.build_model(
-            config["backbone"],
-            len(summary["class_names"]),
-            summary["channels"],
-            summary["image_size"],
-            summary["mean"],
-            summary["std"],
-        )
-        model_lib.load_state(model, path)
-        loaded[name] = model.eval()
-    return loaded
+    return load_run_models(run_path, MODEL_LABELS)
 
 
 def bundle(run: Run):

@@ -263,34 +263,14 @@ def _sample_views(
 ) -> dict[str, np.ndarray]:
     import torch
 
-    from masktune_core.cam import compute_heatmaps
-    from masktune_core.masking import apply_masks, threshold_masks
+    from masktune_core.report.gallery import sample_views as views
 
     run = Run(Path(run_path))
     config, mean = run.config(), common.dataset_summary(run)["mean"]
     index = torch.tensor(indices, dtype=torch.long)
-    images = _split.images[index]
-    heat: dict[str, list] = {name: [] for name in {"erm", *heat_models}}
+    stored = None if _stored_masks is None else _stored_masks[index]
     with _MODEL_LOCK:
-        for start in range(0, len(indices), HEATMAP_BATCH):
-            batch = _float_images(images[start : start + HEATMAP_BATCH])
-            for name in heat:
-                heat[name].append(compute_heatmaps(_models[name], batch, method=config["cam_method"]))
-    heat_t = {
-        name: torch.cat(maps) if maps else torch.zeros((0, *images.shape[-2:])) for name, maps in heat.items()
-    }
-    if _stored_masks is not None:
-        masks = _stored_masks[index]
-    else:
-        masks = threshold_masks(heat_t["erm"], config["threshold_rule"], config["topk_percent"])
-    out = {
-        "images": images.numpy(),
-        "masks": masks.numpy(),
-        "masked": apply_masks(images, masks, fill=config["fill"], mean=mean).numpy(),
-    }
-    for name in heat_models:
-        out[f"heat_{name}"] = heat_t[name].numpy()
-    return out
+        return views(_models, _split.images[index], config, mean, stored, heat_models, batch=HEATMAP_BATCH)
 
 
 def analyse_image(run: Run, image: np.ndarray) -> dict[str, Any]:
