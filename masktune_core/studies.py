@@ -90,14 +90,14 @@ def all_studies(store: RunStore) -> dict[str, list[Run]]:
         study = study_of(run)
         if study:
             found.setdefault(study, []).append(run)
-    return {study: _by_seed(runs) for study, runs in found.items()}
+    return {study: by_seed(runs) for study, runs in found.items()}
 
 
 def study_runs(store: RunStore, study: str) -> list[Run]:
     runs = [run for run in store.list() if study_of(run) == study]
     if not runs:
         raise RunStoreError(f"no run or study {study!r} in {store.root}")
-    return _by_seed(runs)
+    return by_seed(runs)
 
 
 def resolve(store: RunStore, ids: Sequence[str]) -> list[Run]:
@@ -112,7 +112,7 @@ def resolve(store: RunStore, ids: Sequence[str]) -> list[Run]:
     return list(runs.values())
 
 
-def _by_seed(runs: list[Run]) -> list[Run]:
+def by_seed(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=lambda run: (run.config().get("seed") or 0, run.id))
 
 

@@ -14,6 +14,7 @@ import streamlit as st
 from masktune_core.errors import MaskTuneError
 from masktune_core.runs import ACTIVE_STATES, Run
 from studio import charts, common, launch_form
+from studio import studies as study_ui
 
 RESUMABLE = ("interrupted", "failed", "cancelled")
 
@@ -89,23 +90,28 @@ def state_text(state: str, stage: str | None, place: int | None) -> str:
 def table(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, Any], list[str], str]:
     """The runs table, its column configuration, the run ids by row, and the split the numbers are on."""
     positions = launch_form.queue_positions(runs)
-    rows = []
-    for run in runs:
+
+    def run_row(run: Run) -> dict[str, Any]:
         config, status = run.config(), run.status()
         state = status.get("state") or "interrupted"
         split, values = headline(run)
-        rows.append(
-            {
-                "name": config.get("name") or run.id,
-                "data": f"{config.get('dataset')} / {config.get('backbone')}",
-                "state": state_text(state, status.get("stage"), positions.get(run.id)),
-                "progress": 100 * float(status.get("progress") or 0.0),
-                "started": _time(status.get("started") or status.get("created")),
-                "duration": charts.duration_text(duration(status)) if status.get("started") else "–",
-                "split": split,
-                **{k: None if v is None else 100 * v for k, v in values.items()},
-            }
-        )
+        return {
+            "name": config.get("name") or run.id,
+            "data": f"{config.get('dataset')} / {config.get('backbone')}",
+            "state": state_text(state, status.get("stage"), positions.get(run.id)),
+            "progress": 100 * float(status.get("progress") or 0.0),
+            "started": _time(status.get("started") or status.get("created")),
+            "duration": charts.duration_text(duration(status)) if status.get("started") else "–",
+            "split": split,
+            **{k: None if v is None else 100 * v for k, v in values.items()},
+        }
+
+    groups = study_ui.grouped(runs)
+    # A seed study is one row (its mean over finished seeds); selecting it lists its runs.
+    rows = [
+        run_row(members[0]) if row_id == members[0].id else study_ui.study_row(row_id, members, run_row)
+        for row_id, members in groups
+    ]
     frame = pd.DataFrame(rows)
     splits = sorted({row["split"] for row in rows if row["split"]})
     # One shared split is named once above the table; otherwise each row names its own.
@@ -133,7 +139,7 @@ def table(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, Any], list[str], str
     if len(splits) > 1:
         order.append("split")
     order += ["erm_acc", "masktune_acc", "erm_wga", "masktune_wga"]
-    return frame[order], config, [run.id for run in runs], where
+    return frame[order], config, [row_id for row_id, _ in groups], where
 
 
 def actions(run: Run) -> None:
@@ -256,10 +262,13 @@ def runs_view() -> None:
                 st.query_params["run"] = ids[rows[0]]
             elif "run" in st.query_params:
                 del st.query_params["run"]
-        wanted = st.query_params.get("run")
+        wanted = st.query_params.get("run")  # a run id, or a seed study's id for its row
         selected = wanted if wanted in ids else None
+        members = [run for run in current if run.config().get("study") == selected]
         if selected is None:
             st.caption("No run selected.")
+        elif members and selected not in {run.id for run in members}:
+            study_ui.study_panel(selected, members)
         else:
             actions(store.get(selected))
         if any_active and not launch_form.active_runs(current):

@@ -23,14 +23,16 @@ with form_column, common.friendly_errors("The launch form"):
     values = launch_form.experiment_form(choice, data_dir, download)
     if values is not None:
         try:
-            run = launch_form.submit(store, values)
+            started = launch_form.submit(store, values)
         except ConfigError as err:
             st.error(launch_form.error_text(err), icon=":material/error:")
         except MaskTuneError as err:
             st.error(str(err), icon=":material/error:")
         else:
-            st.query_params["run"] = run.id  # the job picker below follows it
-            st.toast(f"Started {run.id}", icon=":material/rocket_launch:")
+            st.query_params["run"] = started[0].id  # the job picker below follows it
+            study = started[0].config().get("study")
+            what = f"seed study {study}: {len(started)} runs queued" if study else f"Started {started[0].id}"
+            st.toast(what, icon=":material/rocket_launch:")
 
 
 def queue_table(runs: list[Run]) -> None:
