@@ -37,7 +37,8 @@ DEFINITIONS = {
     "std": "sample standard deviation over seeds (ddof = 1)",
     "difference": "MaskTune − ERM on the same seed, then averaged over seeds",
     "interval": "95 % Student-t interval over seeds of the paired difference: mean ± t(0.975, n−1)·s/√n",
-    "worst_class_accuracy": "minimum over classes of the per-class accuracy (used where a split has no groups)",
+    "worst_class_accuracy": "minimum over classes of the per-class accuracy (used where a split has no "
+    "groups)",
 }
 
 

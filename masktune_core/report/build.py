@@ -45,7 +45,8 @@ def versions() -> dict[str, str]:
 
 
 def reproduce_command(config: dict[str, Any], seeds: Sequence[int]) -> str:
-    """The ``run`` command that makes this run (or study) again: every option that differs from the default."""
+    """The ``run`` command that makes this run (or study) again: every option that differs from the "
+    "default."""
     defaults = RunConfig().to_dict()
     parts = ["python -m masktune_core run"]
     for f in dataclasses.fields(RunConfig):
@@ -359,12 +360,14 @@ def limits_section(runs: Sequence[Run], summary: dict[str, Any]) -> list[str]:
             )
     if summary["n_seeds"] <= 1:
         notes.append(
-            "One seed only: every number comes from a single training run, and a second seed can move them by "
+            "One seed only: every number comes from a single training run, and a second seed can move them "
+            "by "
             "several points. A seed study (run --seeds 0,1,2) gives their spread."
         )
     if len(runs) > 1:
         notes.append(
-            f"The gallery, selective classification and training sections show seed {runs[0].config().get('seed')} "
+            "The gallery, selective classification and training sections show seed "
+            f"{runs[0].config().get('seed')} "
             f"(run {runs[0].id}); the headline and the tables summarise all {summary['n_seeds']} seeds."
         )
     return notes

@@ -55,7 +55,8 @@ break-inside:avoid;page-break-inside:avoid}
 .wrong{color:var(--bad);font-weight:600}.right{color:var(--good);font-weight:600}
 .tiles{display:flex;gap:12px;font-size:11.5px;color:var(--mute);margin-left:2px}
 .tiles span{width:96px;text-align:center}
-dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px;margin:6px 0}dt{color:var(--mute)}dd{margin:0}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px;margin:6px 0}
+dt{color:var(--mute)}dd{margin:0}
 ul.limits li{margin:4px 0}
 footer{margin-top:30px;color:var(--mute);font-size:12px}
 @page{size:A4;margin:14mm 12mm}
@@ -99,7 +100,10 @@ def setup_html(setup: dict[str, Any]) -> str:
         ("Versions", ", ".join(f"{k} {v}" for k, v in setup["versions"].items())),
     ]
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
-    return f'<dl>{items}</dl><h3>The command that reproduces it</h3><div class="cmd">{_e(setup["command"])}</div>'
+    return (
+        f"<dl>{items}</dl><h3>The command that reproduces it</h3>"
+        f'<div class="cmd">{_e(setup["command"])}</div>'
+    )
 
 
 # ---------------------------------------------------------------------- 2. headline
@@ -140,7 +144,8 @@ def headline_html(report: dict[str, Any]) -> str:
     else:
         what = "One seed: a single training run, so these numbers carry no measure of their spread."
     parts = [
-        f"<p>On the <code>{_e(split)}</code> split (the main test split, never used for any choice). {_e(what)}</p>",
+        f"<p>On the <code>{_e(split)}</code> split (the main test split, never used for any choice). "
+        f"{_e(what)}</p>",
         table,
         f"<ul>{''.join(notes)}</ul>",
         "<p>The ERM checkpoint was selected on the <code>val</code> split.</p>",
@@ -193,9 +198,12 @@ def verdict_html(section: dict[str, Any]) -> str:
             "no clear difference": "No clear difference",
         }
         body = (
-            f'<div class="verdict {style}"><span class="label">Verdict: {_e(label.get(verdict["label"], verdict["label"]))}'
-            f"</span><br>{_e(verdict['text'])}<br><span class='sub'>Judged on <code>{_e(verdict['split'])}</code> "
-            f"{_e(verdict['metric'].replace('_', ' '))}: ERM {pct(verdict['erm'])}, MaskTune {pct(verdict['masktune'])}, "
+            f'<div class="verdict {style}"><span class="label">Verdict: '
+            f"{_e(label.get(verdict['label'], verdict['label']))}"
+            f"</span><br>{_e(verdict['text'])}<br><span class='sub'>Judged on "
+            f"<code>{_e(verdict['split'])}</code> "
+            f"{_e(verdict['metric'].replace('_', ' '))}: ERM {pct(verdict['erm'])}, MaskTune "
+            f"{pct(verdict['masktune'])}, "
             f"difference {pp(verdict['difference'])}, {round(100 * verdict['confidence'])} % interval "
             f"[{100 * lo:+.1f}, {100 * hi:+.1f}] pp ({_e(basis)}). Recommended model: "
             f"{_e(MODEL_LABELS.get(verdict['recommendation'], verdict['recommendation']))}.</span></div>"
@@ -219,8 +227,10 @@ def verdict_html(section: dict[str, Any]) -> str:
             mark = " (selected)" if c.get("selected") else ""
             rows.append(f"<tr><td>{_e(c['name'])}{mark}</td><td>{_e(settings)}</td>{cells}</tr>")
         body += (
-            "<h3>Finetune candidates</h3><p class='caption'>Each candidate finetuned the same ERM model on the "
-            "same masks; validation chose one, and every candidate's numbers are shown so nothing is hidden.</p>"
+            "<h3>Finetune candidates</h3><p class='caption'>Each candidate finetuned the same ERM model on "
+            "the "
+            "same masks; validation chose one, and every candidate's numbers are shown so nothing is "
+            "hidden.</p>"
             f"<table>{header}{''.join(rows)}</table>"
         )
     return body
@@ -243,9 +253,9 @@ def tables_html(tables: dict[str, Any] | None, study: bool) -> str:
             )
             rows = []
             for row in table["rows"]:
+                worst = {m for m in models if table["worst"].get(m) == row["name"]}
                 cells = "".join(
-                    f'<td class="{"worst" if table["worst"].get(m) == row["name"] else ""}">{pct(row[m])}</td>'
-                    for m in models
+                    f'<td class="{"worst" if m in worst else ""}">{pct(row[m])}</td>' for m in models
                 )
                 rows.append(f"<tr><td>{_e(row['name'])}</td><td>{_e(row['n'])}</td>{cells}</tr>")
             mean = " (mean over seeds)" if study else ""
@@ -272,14 +282,16 @@ def gallery_html(gallery: dict[str, Any] | None) -> str:
             for m in ("erm", "masktune"):
                 ok = e[f"{m}_prediction"] == e["label"]
                 preds.append(
-                    f"{MODEL_LABELS[m]}: <span class='{'right' if ok else 'wrong'}'>{_e(e[f'{m}_prediction'])}</span> "
+                    f"{MODEL_LABELS[m]}: <span "
+                    f"class='{'right' if ok else 'wrong'}'>{_e(e[f'{m}_prediction'])}</span> "
                     f"({pct(e[f'{m}_confidence'], 0)} sure)"
                 )
             group = f"<br>group {_e(e['group'])}" if e.get("group") else ""
             parts.append(
                 f"<div class='example'><img src='{e['image']}' alt='{_e(category)} example {e['index']}'>"
                 f"<div class='meta'>true class <b>{_e(e['label'])}</b>{group}<br>{'<br>'.join(preds)}<br>"
-                f"<span class='sub'>{_e(e['split'])} image #{e['index']}, {pct(e['masked_area'], 0)} masked</span>"
+                f"<span class='sub'>{_e(e['split'])} image #{e['index']}, {pct(e['masked_area'], 0)} "
+                "masked</span>"
                 "</div></div>"
             )
     areas = gallery["mask_area"]
@@ -288,8 +300,10 @@ def gallery_html(gallery: dict[str, Any] | None) -> str:
         svg.Axes("Mean masked area per training group", "", "share of pixels masked", percent_y=True), bars
     )
     parts.append(
-        "<h3>Mask statistics</h3><p class='caption'>How much of each training image the masks hid, on average, "
-        f"per group: a shortcut that sits in one group shows as a difference here.</p><div class='charts'><div>{chart}</div></div>"
+        "<h3>Mask statistics</h3><p class='caption'>How much of each training image the masks hid, on "
+        "average, "
+        "per group: a shortcut that sits in one group shows as a difference here.</p><div "
+        f"class='charts'><div>{chart}</div></div>"
     )
     return "".join(parts)
 
@@ -341,18 +355,23 @@ def selective_html(sel: dict[str, Any] | None) -> str:
         if sel["source"] == "saved"
         else "thresholds fitted on val to 95, 90 and 80 % target coverage (no set was saved)"
     )
-    header = "<tr><th>Operating point</th><th>Split</th><th>Coverage</th><th>Accuracy on accepted</th><th>Agreement rate</th></tr>"
+    header = (
+        "<tr><th>Operating point</th><th>Split</th><th>Coverage</th><th>Accuracy on accepted</th>"
+        "<th>Agreement rate</th></tr>"
+    )
     rows = "".join(
         f"<tr><td>{_e(p['name'])}</td><td>{_e(p['split'])}</td><td>{pct(p['coverage'])}</td>"
         f"<td>{pct(p['accuracy_on_accepted'])}</td><td>{pct(p['agreement_rate'])}</td></tr>"
         for p in sel["points"]
     )
     return (
-        f"<p>Rule: <b>{_e(sel['rule'])}</b>: {_e(sel['rule_definition'])} Points on the charts are {_e(fitted)}, "
+        f"<p>Rule: <b>{_e(sel['rule'])}</b>: {_e(sel['rule_definition'])} Points on the charts are "
+        f"{_e(fitted)}, "
         f"fitted on <code>val</code> and reported on <code>{_e(test)}</code>.</p>"
         f"<div class='charts'><div>{rc}</div><div>{ar}</div></div>"
         f"<table>{header}{rows}</table>"
-        "<p class='sub'>Coverage: share of images answered. Accuracy on accepted: accuracy over the answered images "
+        "<p class='sub'>Coverage: share of images answered. Accuracy on accepted: accuracy over the "
+        "answered images "
         "only. Agreement rate: share of images where ERM and MaskTune predict the same class.</p>"
     )
 
@@ -459,10 +478,14 @@ def render(report: dict[str, Any]) -> str:
         f"<h1>MaskTune report: {_e(report['title'])}</h1>"
         f"<p class='sub'>{_e(kind)} · {_e(report['setup']['dataset'])} / {_e(report['setup']['backbone'])} · "
         f"generated {_e(report['generated'])}</p>{partial}"
-        "<p>MaskTune is a way to stop an image classifier from relying on a shortcut, such as a coloured mark that "
-        "happens to come with one class in the training images. It trains a normal model (ERM), finds the image "
-        "regions that model relied on most, hides them, and retrains briefly on the hidden copies so that the model "
+        "<p>MaskTune is a way to stop an image classifier from relying on a shortcut, such as a coloured "
+        "mark that "
+        "happens to come with one class in the training images. It trains a normal model (ERM), finds the "
+        "image "
+        "regions that model relied on most, hides them, and retrains briefly on the hidden copies so that "
+        "the model "
         "must use the rest of the image.</p>"
-        f"{sections}<footer>Written by masktune_core report; this file needs no network and no server.</footer>"
+        f"{sections}<footer>Written by masktune_core report; this file needs no network and no "
+        "server.</footer>"
         "</body></html>"
     )

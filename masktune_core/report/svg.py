@@ -111,7 +111,8 @@ class _Frame:
                     f'<text x="{xx}" y="{HEIGHT - BOTTOM + 14}" class="xt">{_label(x, a.percent_x)}</text>'
                 )
         p.append(
-            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM}" class="ax"/>'
+            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM}" '
+            'class="ax"/>'
         )
         p.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" class="ax"/>')
         p.append(
@@ -131,7 +132,8 @@ class _Frame:
         for label, color, dashed in legend:
             dash = ' stroke-dasharray="4 3"' if dashed else ""
             self.parts.append(
-                f'<line x1="{x}" x2="{x + 16}" y1="{TOP + 8}" y2="{TOP + 8}" stroke="{color}" stroke-width="2"{dash}/>'
+                f'<line x1="{x}" x2="{x + 16}" y1="{TOP + 8}" y2="{TOP + 8}" stroke="{color}" '
+                f'stroke-width="2"{dash}/>'
                 f'<text x="{x + 20}" y="{TOP + 11}" class="lg">{escape(label)}</text>'
             )
             x += 28 + 6.2 * len(label)
@@ -191,7 +193,8 @@ def strip_chart(axes: Axes, columns: Sequence[tuple[str, Sequence[float], str]])
             mean = sum(values) / len(values)
             y = _f(frame.py(mean))
             frame.parts.append(
-                f'<line x1="{_f(centre - 24)}" x2="{_f(centre + 24)}" y1="{y}" y2="{y}" stroke="#222" stroke-width="2"/>'
+                f'<line x1="{_f(centre - 24)}" x2="{_f(centre + 24)}" y1="{y}" y2="{y}" stroke="#222" '
+                'stroke-width="2"/>'
             )
     return frame.svg([])
 
@@ -209,7 +212,8 @@ def bar_chart(axes: Axes, bars: Sequence[tuple[str, float, str]]) -> str:
         frame.parts.append(
             f'<rect x="{_f(centre - width / 2)}" y="{_f(top)}" width="{_f(width)}" height="{_f(base - top)}" '
             f'fill="{color}"/>'
-            f'<text x="{_f(centre)}" y="{_f(top - 4)}" class="ml">{escape(_label(value, axes.percent_y))}</text>'
+            f'<text x="{_f(centre)}" y="{_f(top - 4)}" '
+            f'class="ml">{escape(_label(value, axes.percent_y))}</text>'
             f'<text x="{_f(centre)}" y="{HEIGHT - BOTTOM + 14}" class="xt">{escape(label)}</text>'
         )
     return frame.svg([])
