@@ -96,3 +96,23 @@ def test_single_run_results_say_they_are_one_seed(
     assert any("One seed (seed 0)" in i.value for i in at.info)
     html = downloads[f"{run.id}-report.html"]()  # the report is built on the click
     assert b"MaskTune report" in html and b"One seed only" in html
+
+
+def test_launch_seeds_field_queues_one_run_per_seed_as_one_study(
+    empty_store: RunStore, spawned: list[list[str]]
+) -> None:
+    at = open_page("launch")
+    at.text_input(key="launch.biased-digits.name").set_value("trio")
+    at.number_input(key="launch.biased-digits.epochs").set_value(1)
+    at.text_input(key="launch.biased-digits.seeds").set_value("0,1,x")
+    next(b for b in at.button if b.label == "Launch").click().run()
+    assert any("Seeds (a seed study)" in e.value and "seeds:" in e.value for e in at.error)
+    assert empty_store.list() == [] and spawned == []
+
+    at.text_input(key="launch.biased-digits.seeds").set_value("0, 1, 2")
+    next(b for b in at.button if b.label == "Launch").click().run()
+    runs = empty_store.list()
+    configs = [run.config() for run in runs]
+    assert sorted(c["seed"] for c in configs) == [0, 1, 2] and len(spawned) == 3
+    assert len({c["study"] for c in configs}) == 1 and configs[0]["study"].startswith("study-")
+    assert {c["epochs"] for c in configs} == {1}
