@@ -25,7 +25,7 @@ import numpy as np
 
 from masktune_core.config import RunConfig
 from masktune_core.errors import ConfigError, RunStoreError
-from masktune_core.runs import Run, RunStore, slugify
+from masktune_core.runs import Run, RunStore, check_name, slugify
 
 METRICS = ("accuracy", "worst_group_accuracy", "worst_class_accuracy")
 MODELS = ("erm", "masktune")
@@ -95,6 +95,7 @@ def all_studies(store: RunStore) -> dict[str, list[Run]]:
 
 
 def study_runs(store: RunStore, study: str) -> list[Run]:
+    check_name(study, "run or study id")
     runs = [run for run in store.list() if study_of(run) == study]
     if not runs:
         raise RunStoreError(f"no run or study {study!r} in {store.root}")

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from html import escape
 
 WIDTH, HEIGHT = 520, 260
-LEFT, RIGHT, TOP, BOTTOM = 54, 14, 26, 44
-FEW_POINTS = 30
+LEFT, RIGHT, TOP, BOTTOM = 54, 14, 46, 44
+LEGEND_Y = 31  # between the title and the plot, so it never hides a curve
+FEW_POINTS = 12
 COLORS = {"erm": "#636efa", "masktune": "#ef553b", "randmask": "#7f7f7f", "val": "#00a087", "test": "#ef553b"}
 
 
@@ -66,7 +67,9 @@ def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 def _label(value: float, percent: bool) -> str:
     if percent:
         return f"{round(100 * value, 1):g}%"
-    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.2g}"
+    if abs(value) >= 10:
+        return f"{value:.0f}"
+    return f"{value:.3g}"
 
 
 def _extent(values: list[float], given: tuple[float, float] | None) -> tuple[float, float]:
@@ -78,7 +81,8 @@ def _extent(values: list[float], given: tuple[float, float] | None) -> tuple[flo
     lo, hi = min(finite), max(finite)
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
-    return lo, hi
+    pad = 0.04 * (hi - lo)  # a point on the extreme value must not sit on the frame
+    return lo - pad, hi + pad
 
 
 class _Frame:
@@ -125,16 +129,18 @@ class _Frame:
         for x, text in a.vlines:
             xx = _f(self.px(x))
             p.append(f'<line x1="{xx}" x2="{xx}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" class="v"/>')
-            p.append(f'<text x="{xx}" y="{TOP + 10}" class="vl">{escape(text)}</text>')
+            p.append(
+                f'<text x="{float(xx) + 3:.1f}" y="{HEIGHT - BOTTOM - 4}" class="vl">{escape(text)}</text>'
+            )
 
     def svg(self, legend: list[tuple[str, str, bool]]) -> str:
         x = LEFT + 6
         for label, color, dashed in legend:
             dash = ' stroke-dasharray="4 3"' if dashed else ""
             self.parts.append(
-                f'<line x1="{x}" x2="{x + 16}" y1="{TOP + 8}" y2="{TOP + 8}" stroke="{color}" '
+                f'<line x1="{x}" x2="{x + 16}" y1="{LEGEND_Y - 3}" y2="{LEGEND_Y - 3}" stroke="{color}" '
                 f'stroke-width="2"{dash}/>'
-                f'<text x="{x + 20}" y="{TOP + 11}" class="lg">{escape(label)}</text>'
+                f'<text x="{x + 20}" y="{LEGEND_Y}" class="lg">{escape(label)}</text>'
             )
             x += 28 + 6.2 * len(label)
         body = "".join(self.parts)
@@ -161,13 +167,23 @@ def line_chart(axes: Axes, series: Sequence[Series], markers: Sequence[Marker] =
         frame.parts.append(
             f'<polyline points="{points}" fill="none" stroke="{s.color}" stroke-width="1.8"{dash}/>'
         )
+        if len(s.x) <= FEW_POINTS:  # a curve of a few epochs: show its points; a single one has no line
+            frame.parts.extend(
+                f'<circle cx="{_f(frame.px(x))}" cy="{_f(frame.py(y))}" r="3" fill="{s.color}"/>'
+                for x, y in zip(s.x, s.y, strict=True)
+                if math.isfinite(x) and math.isfinite(y)
+            )
     for i, m in enumerate(markers):
         x, y = _f(frame.px(m.x)), _f(frame.py(m.y))
-        # Alternate labels above and below, so that points close together stay readable.
-        dy = -7 - 11 * (i // 2) if i % 2 == 0 else 14 + 11 * (i // 2)
+        # Labels beside their point, on the side with room, staggered away from the nearer edge, so
+        # points close together stay readable.
+        dy = 4 + 11 * i if float(y) < (TOP + HEIGHT - BOTTOM) / 2 else 4 - 11 * (len(markers) - 1 - i)
+        left = float(x) > (LEFT + WIDTH - RIGHT) / 2
+        anchor, dx = ("end", -7) if left else ("start", 7)
         frame.parts.append(
             f'<circle cx="{x}" cy="{y}" r="4" fill="{m.color}" stroke="#fff"/>'
-            f'<text x="{x}" y="{float(y) + dy:.1f}" class="ml">{escape(m.label)}</text>'
+            f'<text x="{float(x) + dx:.1f}" y="{float(y) + dy:.1f}" class="mr" text-anchor="{anchor}">'
+            f"{escape(m.label)}</text>"
         )
     return frame.svg([(s.label, s.color, s.dashed) for s in series])
 
@@ -203,7 +219,7 @@ def bar_chart(axes: Axes, bars: Sequence[tuple[str, float, str]]) -> str:
     """Vertical bars, one per (label, value, color), each with its value above it."""
     frame = _Frame(axes, [0.0, float(len(bars))], [0.0] + [v for _, v, _ in bars])
     frame.x0, frame.x1 = 0.0, float(max(len(bars), 1))
-    frame.y1 = frame.y1 * 1.12
+    frame.y0, frame.y1 = 0.0, frame.y1 * 1.12  # bars start at zero; room above for their values
     frame.draw_axes(x_ticks=False)
     width = (WIDTH - LEFT - RIGHT) / max(len(bars), 1) * 0.6
     for i, (label, value, color) in enumerate(bars):
@@ -227,6 +243,7 @@ svg.chart .t{font-size:12px;font-weight:600;text-anchor:middle}
 svg.chart .yt{text-anchor:end;dominant-baseline:middle}
 svg.chart .xt,svg.chart .xl,svg.chart .ml{text-anchor:middle}
 svg.chart .vl{text-anchor:start;font-size:9px;fill:#666}
+svg.chart .mr{font-size:9.5px;paint-order:stroke;stroke:#fff;stroke-width:3px}
 svg.chart .g{stroke:#e5e5e5}
 svg.chart .ax{stroke:#888}
 svg.chart .v{stroke:#999;stroke-dasharray:3 3}
