@@ -243,6 +243,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"error: {status['error']}")
     print("config: " + ", ".join(f"{k}={v}" for k, v in report["config"].items() if v is not None))
     _print_headline(run)
+    study = report["config"].get("study")
+    print(
+        f"seed {report['config'].get('seed')} of study {study}" if study else "one seed: no spread over seeds"
+    )
     return 0
 
 

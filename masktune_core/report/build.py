@@ -123,11 +123,11 @@ def _mean_tables(all_metrics: list[dict[str, Any]], split: str, key: str) -> dic
             values = [v for v in values if v is not None]
             row[model] = float(np.mean(values)) if values else None
         rows.append(row)
-    worst = {}
+    worst = {}  # every group (or class) at the model's minimum: a tie is shown as a tie
     for model in models:
-        present = [r for r in rows if r[model] is not None]
+        present = [r[model] for r in rows if r[model] is not None]
         if present:
-            worst[model] = min(present, key=lambda r: r[model])["name"]
+            worst[model] = [r["name"] for r in rows if r[model] == min(present)]
     return {"models": models, "rows": rows, "worst": worst}
 
 

@@ -47,6 +47,7 @@ code,.cmd{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px
 .verdict.good{border-color:var(--good)}.verdict.bad{border-color:var(--bad);background:#fdecea}
 .verdict .label{font-size:18px;font-weight:700}
 .notice{border:1px solid #f1c232;background:#fff8e1;padding:8px 12px;margin:8px 0}
+.tables{display:flex;flex-wrap:wrap;gap:0 28px}.tables table{break-inside:avoid}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.charts>div{flex:1 1 420px;min-width:0}
 .example{display:flex;gap:12px;align-items:center;border-bottom:1px solid var(--line);padding:6px 0;
 break-inside:avoid;page-break-inside:avoid}
@@ -181,8 +182,9 @@ def verdict_html(section: dict[str, Any]) -> str:
     verdict = section["verdict"]
     if verdict is None:
         body = (
-            '<div class="verdict"><span class="label">No verdict recorded.</span> This run predates the '
-            "verdict; the report does not compute one after the fact.</div>"
+            '<div class="verdict"><span class="label">No verdict recorded.</span> The run\'s metrics hold '
+            "none (runs made before verdicts were recorded have none), and the report does not compute one "
+            "afterwards.</div>"
         )
     else:
         style = VERDICT_STYLE.get(verdict["label"], "neutral")
@@ -242,6 +244,7 @@ def tables_html(tables: dict[str, Any] | None, study: bool) -> str:
         return _notice("No per-group or per-class numbers: the run has not reached its evaluate stage.")
     parts = []
     for split, both in tables.items():
+        parts.append("<div class='tables'>")  # a split's group and class tables side by side
         for kind, table in (("group", both["groups"]), ("class", both["classes"])):
             if table is None:
                 continue
@@ -253,15 +256,17 @@ def tables_html(tables: dict[str, Any] | None, study: bool) -> str:
             )
             rows = []
             for row in table["rows"]:
-                worst = {m for m in models if table["worst"].get(m) == row["name"]}
+                worst = {m for m in models if row["name"] in table["worst"].get(m, [])}
                 cells = "".join(
                     f'<td class="{"worst" if m in worst else ""}">{pct(row[m])}</td>' for m in models
                 )
                 rows.append(f"<tr><td>{_e(row['name'])}</td><td>{_e(row['n'])}</td>{cells}</tr>")
             mean = " (mean over seeds)" if study else ""
             parts.append(
-                f"<h3>Per {kind} on <code>{_e(split)}</code>{mean}</h3><table>{header}{''.join(rows)}</table>"
+                f"<div><h3>Per {kind} on <code>{_e(split)}</code>{mean}</h3>"
+                f"<table>{header}{''.join(rows)}</table></div>"
             )
+        parts.append("</div>")
     parts.append("<p class='sub'>A shaded cell is that model's worst group or class on the split.</p>")
     return "".join(parts)
 
