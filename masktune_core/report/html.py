@@ -54,8 +54,8 @@ break-inside:avoid;page-break-inside:avoid}
 .example img{image-rendering:pixelated;width:400px;max-width:60%;height:auto}
 .example .meta{font-size:12.5px}
 .wrong{color:var(--bad);font-weight:600}.right{color:var(--good);font-weight:600}
-.tiles{display:flex;gap:12px;font-size:11.5px;color:var(--mute);margin-left:2px}
-.tiles span{width:96px;text-align:center}
+.tiles{display:flex;width:400px;max-width:60%;font-size:11.5px;color:var(--mute)}
+.tiles span{flex:1;text-align:center}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px;margin:6px 0}
 dt{color:var(--mute)}dd{margin:0}
 ul.limits li{margin:4px 0}
@@ -63,7 +63,7 @@ footer{margin-top:30px;color:var(--mute);font-size:12px}
 @page{size:A4;margin:14mm 12mm}
 @media print{body{max-width:none;padding:0;font-size:11.5px}h2{break-after:avoid;page-break-after:avoid}
 section{break-inside:auto}.charts>div,table,figure,.verdict{break-inside:avoid;page-break-inside:avoid}
-.example img{width:330px}a{color:inherit;text-decoration:none}}
+.example img,.tiles{width:330px}a{color:inherit;text-decoration:none}}
 """
 
 
