@@ -84,16 +84,6 @@ def study_of(run: Run) -> str | None:
     return run.config().get("study")
 
 
-def all_studies(store: RunStore) -> dict[str, list[Run]]:
-    """Study id -> its runs (sorted by seed), for every study in the store."""
-    found: dict[str, list[Run]] = {}
-    for run in store.list():
-        study = study_of(run)
-        if study:
-            found.setdefault(study, []).append(run)
-    return {study: by_seed(runs) for study, runs in found.items()}
-
-
 def study_runs(store: RunStore, study: str) -> list[Run]:
     check_name(study, "run or study id")
     runs = [run for run in store.list() if study_of(run) == study]
