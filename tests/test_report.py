@@ -145,3 +145,38 @@ def test_bad_input_gets_one_line_and_no_file(
     assert line.startswith("error: dataset:") and "one dataset" in line
     assert list(tmp_path.glob("*.html")) == [] and list(tmp_path.glob("*.json")) == []
     assert not list(Run(run.path).path.glob("*report*"))
+
+
+def test_saved_threshold_sets_are_the_operating_points(finished_store: RunStore, tmp_path: Path) -> None:
+    from masktune_core import selective
+
+    run = finished_store.list()[0]
+    for name, rule, per_class in (
+        ("strict", "agreement", None),
+        ("per-class", "softmax_masktune", [0.9, None]),
+    ):
+        thresholds = selective.Thresholds.build(2, 0.8, per_class=per_class)
+        tset = selective.ThresholdSet(name=name, rule=rule, thresholds=thresholds, target_coverage=None)
+        run.save_threshold_set(name, json.loads(tset.to_json()))
+    run.save_threshold_set("broken", {"name": "broken"})
+    out = tmp_path / "r.html"
+    report(finished_store, out, run.id)
+    points = json.loads(out.with_suffix(".json").read_text())["selective"]["points"]
+    split = run.metrics()["main_test_split"]
+    assert {(p["name"], p["split"], p["on_curve"]) for p in points} == {
+        ("strict", "val", True),
+        ("strict", split, True),
+        ("per-class", "val", False),
+        ("per-class", split, False),
+    }
+    pred = run.predictions(split)
+    scored = selective.score(
+        "agreement", pred["probs_erm"], pred["probs_masktune"], pred["label"], pred["group"]
+    )
+    expected = selective.evaluate(scored, selective.Thresholds.build(2, 0.8))
+    strict = next(p for p in points if p["name"] == "strict" and p["split"] == split)
+    assert (
+        strict["coverage"] == expected["coverage"] and strict["agreement_rate"] == expected["agreement_rate"]
+    )
+    html = out.read_text()
+    assert "1 saved set(s) could not be read" in html and "they do not lie on these curves" in html

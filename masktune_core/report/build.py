@@ -17,6 +17,7 @@ import numpy as np
 
 from masktune_core import selective, studies
 from masktune_core.config import RunConfig
+from masktune_core.errors import ConfigError
 from masktune_core.report import gallery
 from masktune_core.runs import Run, now_iso, read_json
 
@@ -257,11 +258,14 @@ def selective_section(run: Run) -> dict[str, Any] | None:
     for name, value in saved.items():
         try:
             tset = selective.ThresholdSet.from_json(json.dumps(value), num_classes)
-        except selective.ConfigError:
-            continue  # an unreadable saved set is listed under limits, not drawn
+        except ConfigError:
+            continue  # counted in skipped_sets, and the page says so
+        # Only a set of the charted rule with one global threshold lies on the charted curve.
+        t = tset.thresholds
+        on_curve = tset.rule == RULE and all(c is None for c in t.per_class) and set(t.weights) == {1.0}
         for split, pred in (("val", val_pred), (test, test_pred)):
             result = selective.evaluate(scored(pred, tset.rule), tset.thresholds)
-            points.append(_point(name, tset.rule, split, result))
+            points.append(_point(name, tset.rule, split, result) | {"on_curve": on_curve})
     source = "saved"
     if not points:
         source = "targets"
@@ -274,7 +278,7 @@ def selective_section(run: Run) -> dict[str, Any] | None:
                 point = _point(
                     f"{round(100 * target)} % target", RULE, split, selective.evaluate(s, thresholds)
                 )
-                point.update(threshold=fit.threshold, reachable=fit.reachable)
+                point.update(threshold=fit.threshold, reachable=fit.reachable, on_curve=True)
                 points.append(point)
     curves = {
         split: _curve_dict(selective.risk_coverage(selective.rank(scored(pred, RULE))))

@@ -328,7 +328,7 @@ def selective_html(sel: dict[str, Any] | None) -> str:
     markers_rc = [
         svg.Marker(p["coverage"], 1 - p["accuracy_on_accepted"], p["name"])
         for p in test_points
-        if p["coverage"] and p["accuracy_on_accepted"] is not None
+        if p["on_curve"] and p["coverage"] and p["accuracy_on_accepted"] is not None
     ]
     markers_ar = [svg.Marker(1 - m.x, 1 - m.y, m.label) for m in markers_rc]
     rc = svg.line_chart(
@@ -361,15 +361,26 @@ def selective_html(sel: dict[str, Any] | None) -> str:
         else "thresholds fitted on val to 95, 90 and 80 % target coverage (no set was saved)"
     )
     header = (
-        "<tr><th>Operating point</th><th>Split</th><th>Coverage</th><th>Accuracy on accepted</th>"
-        "<th>Agreement rate</th></tr>"
+        "<tr><th>Operating point</th><th>Rule</th><th>Split</th><th>Coverage</th>"
+        "<th>Accuracy on accepted</th><th>Agreement rate</th></tr>"
     )
     rows = "".join(
-        f"<tr><td>{_e(p['name'])}</td><td>{_e(p['split'])}</td><td>{pct(p['coverage'])}</td>"
+        f"<tr><td>{_e(p['name'])}</td><td>{_e(p['rule'])}</td><td>{_e(p['split'])}</td><td>{pct(p['coverage'])}</td>"
         f"<td>{pct(p['accuracy_on_accepted'])}</td><td>{pct(p['agreement_rate'])}</td></tr>"
         for p in sel["points"]
     )
-    return (
+    notes = []
+    if any(not p["on_curve"] for p in sel["points"]):
+        notes.append(
+            "Saved sets of another rule, or with per-class thresholds or weights, are in the table only: "
+            "they do not lie on these curves."
+        )
+    if sel["skipped_sets"] and sel["source"] == "saved":
+        notes.append(f"{sel['skipped_sets']} saved set(s) could not be read and are left out.")
+    elif sel["skipped_sets"]:
+        notes.append(f"{sel['skipped_sets']} saved set(s) could not be read, so targets are shown instead.")
+    extra = "".join(f"<p class='sub'>{_e(n)}</p>" for n in notes)
+    return extra + (
         f"<p>Rule: <b>{_e(sel['rule'])}</b>: {_e(sel['rule_definition'])} Points on the charts are "
         f"{_e(fitted)}, "
         f"fitted on <code>val</code> and reported on <code>{_e(test)}</code>.</p>"
