@@ -88,15 +88,21 @@ def link(page: str, label: str, run_id: str | None = None, icon: str | None = No
 
 
 # ---------------------------------------------------------------------- cached readers
-def _mtime(path: Path) -> float:
+def mtime(path: Path) -> float:
+    """The file's modification time, 0 for a missing file: the cache key that lets a rewritten file in."""
     try:
         return path.stat().st_mtime
     except OSError:
         return 0.0
 
 
+def checkpoint_stamps(run: Run) -> tuple[float, ...]:
+    """The mtimes of the run's checkpoints, so a retrained or resumed run is never served stale results."""
+    return tuple(mtime(run.checkpoint_path(name)) for name in MODEL_LABELS)
+
+
 def metrics(run: Run) -> dict[str, Any] | None:
-    return _json_file(str(run.file("metrics.json")), _mtime(run.file("metrics.json")))
+    return _json_file(str(run.file("metrics.json")), mtime(run.file("metrics.json")))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -105,12 +111,12 @@ def _json_file(path: str, mtime: float) -> dict[str, Any] | None:
 
 
 def dataset_summary(run: Run) -> dict[str, Any]:
-    return _json_file(str(run.file("dataset.json")), _mtime(run.file("dataset.json"))) or {}
+    return _json_file(str(run.file("dataset.json")), mtime(run.file("dataset.json"))) or {}
 
 
 def predictions(run: Run, split: str) -> dict[str, np.ndarray] | None:
     path = run.predictions_path(split)
-    return _predictions(str(run.path), split, _mtime(path))
+    return _predictions(str(run.path), split, mtime(path))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -120,8 +126,7 @@ def _predictions(run_path: str, split: str, mtime: float) -> dict[str, np.ndarra
 
 def models(run: Run) -> dict[str, Any]:
     """The run's trained models (CPU, eval mode), cached per run: name -> Classifier."""
-    stamps = tuple(_mtime(run.checkpoint_path(n)) for n in MODEL_LABELS)
-    return _models(str(run.path), stamps)
+    return _models(str(run.path), checkpoint_stamps(run))
 
 
 @st.cache_resource(show_spinner="Loading models…", max_entries=4)
@@ -150,7 +155,7 @@ def _models(run_path: str, stamps: tuple[float, ...]) -> dict[str, Any]:
 
 def bundle(run: Run):
     """The run's dataset, decoded once per server process and config (masks page, samples)."""
-    return _bundle(str(run.file("config.json")), _mtime(run.file("config.json")))
+    return _bundle(str(run.file("config.json")), mtime(run.file("config.json")))
 
 
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=2)

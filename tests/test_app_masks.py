@@ -110,15 +110,33 @@ def test_train_masks_are_the_stored_ones_and_val_masks_follow_the_rule(finished_
     assert val["heat_masktune"].shape == val["heat_erm"].shape
 
 
-def test_train_predictions_are_computed_once_and_match_a_direct_forward(finished_store: RunStore) -> None:
+def _direct_probs(run, model: str, count: int = 4) -> np.ndarray:
+    images = common.bundle(run).splits["train"].images[:count].float() / 255
+    with torch.no_grad():
+        return torch.softmax(common.models(run)[model](images), dim=1).numpy()
+
+
+def test_train_predictions_are_read_from_the_run(finished_store: RunStore) -> None:
     run = finished_store.list()[0]
+    stored = run.predictions("train")
+    assert stored is not None and {"probs_erm", "probs_masktune", "probs_randmask"} <= set(stored)
+    preds = inference.split_predictions(run, "train")
+    assert preds is not None and sorted(preds) == sorted(stored)
+    for key, value in stored.items():
+        assert np.array_equal(preds[key], value), key
+    # ERM's come from the masks stage's saliency pass, the others from the evaluation: all equal a forward.
+    for model in ("erm", "masktune", "randmask"):
+        assert np.allclose(preds[f"probs_{model}"][:4], _direct_probs(run, model), atol=1e-5), model
+
+
+def test_train_predictions_of_an_older_run_are_computed_once(finished_store: RunStore) -> None:
+    run = finished_store.list()[0]
+    run.predictions_path("train").unlink()  # a run made before the pipeline kept them
     preds = inference.split_predictions(run, "train")
     assert preds is not None and set(preds) >= {"label", "probs_erm", "probs_masktune"}
-    model = common.models(run)["masktune"]
-    images = common.bundle(run).splits["train"].images[:4].float() / 255
-    with torch.no_grad():
-        direct = torch.softmax(model(images), dim=1).numpy()
-    assert np.allclose(preds["probs_masktune"][:4], direct, atol=1e-5)
+    assert np.allclose(preds["probs_masktune"][:4], _direct_probs(run, "masktune"), atol=1e-5)
+    at = masks_page()
+    assert not at.exception and not at.error
 
 
 def test_changed_dataset_is_reported_not_misaligned(finished_store: RunStore) -> None:
