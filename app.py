@@ -13,6 +13,8 @@ st.set_page_config(
 )
 st.logo(str(assets_dir() / "logo.png"), size="large", icon_image=str(assets_dir() / "mark.png"))
 
+# The page scripts live in views/, not pages/: with a pages/ folder Streamlit serves the first request of a
+# fresh server by its file-based routing, bypassing st.navigation (seen in a browser).
 # (key in PAGES, title, icon, url path); url paths are fixed so deep links survive renaming a file.
 NAVIGATION = (
     ("runs", "Runs", ":material/table_rows:", "runs"),

@@ -1,7 +1,11 @@
 """State and cached data access shared by every page.
 
-State lives in two places only: the run store on disk (everything a run produced) and the URL's query
-parameters (which run a page shows), so a refresh, a new tab or a server restart shows the same thing.
+What a page shows lives in two places: the run store on disk (everything a run produced) and the URL's
+query parameters (which run, which split), so a refresh, a new tab or a server restart shows the same
+thing. What only matters within one browser session (a pending delete, a page number, a picked sample,
+tuner settings) is ``st.session_state``, and each page's keys are declared, read and written in one
+module: ``runs_state`` (Runs), ``launch_state`` (Launch), ``masks_grid`` (Masks), ``selective_state``
+(Selective) and ``try_state`` (Try an image); the launch form's widget keys live in ``launch_form``.
 Heavy objects (models, datasets, predictions) are cached per run and keyed by the file's mtime, so a run
 that finishes while the page is open is picked up without a stale cache.
 """
@@ -12,6 +16,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ import numpy as np
 import streamlit as st
 
 from masktune_core.errors import MaskTuneError
-from masktune_core.runs import Run, RunStore, default_runs_dir, read_json
+from masktune_core.runs import ACTIVE_STATES, Run, RunStore, default_runs_dir, read_json
 
 log = logging.getLogger("masktune_studio")
 
@@ -178,6 +183,23 @@ def friendly_errors(what: str = "This page") -> Iterator[None]:
     except Exception:  # a page must never show a raw traceback
         log.exception("page error")
         st.error(f"{what} hit an unexpected error; the details are in the server log.")
+
+
+def timestamp(value: str | None) -> datetime | None:
+    """A status file's ISO time, or None when it is missing or unreadable."""
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def run_duration(status: dict[str, Any]) -> float | None:
+    """Seconds from the run's start to its end, or to now while it is active; None before it starts."""
+    start = timestamp(status.get("started"))
+    if start is None:
+        return None
+    end = timestamp(status.get("finished")) if status.get("state") not in ACTIVE_STATES else None
+    return ((end or datetime.now(UTC)) - start).total_seconds()
 
 
 def pct(value: float | None, digits: int = 1) -> str:

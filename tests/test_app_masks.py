@@ -186,3 +186,29 @@ def test_grid_png_has_a_header_and_one_band_per_row() -> None:
 def test_md_escape_keeps_user_text_literal() -> None:
     assert viz.md_escape("**a** [x](y)") == r"\*\*a\*\* \[x\]\(y\)"
     assert viz.md_escape("0-4 / square") == r"0\-4 / square"
+
+
+# ---------------------------------------------------------------------------------------- filters
+def test_matching_applies_every_filter_together() -> None:
+    from studio import masks_grid
+
+    labels = np.array([0, 0, 1, 1, 2])
+    probs_erm = np.eye(3, dtype=np.float32)[[0, 1, 1, 0, 2]] * 0.6 + 0.4 / 3  # ERM right on 0, 2, 4
+    probs_mt = np.eye(3, dtype=np.float32)[[0, 0, 0, 1, 2]] * 0.9 + 0.1 / 3  # MaskTune right on 0, 1, 3, 4
+    preds = {"label": labels, "group": np.array([0, 1, 0, 1, 0]), "probs_erm": probs_erm}
+    assert masks_grid.SplitView.of(preds) is None  # MaskTune's predictions are missing
+    view = masks_grid.SplitView.of({**preds, "probs_masktune": probs_mt})
+    assert view is not None
+
+    def match(**chosen: object) -> list[int]:
+        return masks_grid.matching(view, masks_grid.Filters(**chosen)).tolist()
+
+    assert match() == [0, 1, 2, 3, 4]
+    assert match(outcome="erm_wrong_mt_right") == [1, 3]
+    assert match(outcome="erm_right_mt_wrong") == [2]
+    assert match(outcome="both_right", classes=[2]) == [4]
+    assert match(groups=[1]) == [1, 3]
+    assert match(erm_range=(0.7, 1.0), masktune_range=(0.9, 1.0)) == [0, 1, 2, 3, 4]  # 0.73 and 0.93
+    assert match(erm_range=(0.8, 1.0)) == []
+    first, shown = masks_grid.page_slice(np.arange(10), 2, 4)
+    assert first == 4 and shown.tolist() == [4, 5, 6, 7]
