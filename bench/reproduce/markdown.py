@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from bench.machine import machine_text
 from bench.reproduce.analysis import Outcomes, Result, select
 from bench.reproduce.claims import Claim
 from bench.reproduce.grid import QUICK_OVERRIDES, QUICK_SELECTIVE, QUICK_SHORTCUT
@@ -49,18 +49,6 @@ class Page:
     selective: Outcomes
     groups: Outcomes
     figures: dict[str, str]  # figure key -> path relative to the page
-
-
-def machine_text() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def header(page: Page) -> list[str]:
