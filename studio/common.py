@@ -36,6 +36,15 @@ PAGES = {
     "selective": "views/selective.py",
     "try": "views/try_image.py",
 }
+# Each page's title and icon, for the navigation (app.py) and for every link to it.
+TITLES = {
+    "runs": ("Runs", ":material/table_rows:"),
+    "launch": ("Launch", ":material/rocket_launch:"),
+    "results": ("Results", ":material/monitoring:"),
+    "masks": ("Masks", ":material/grid_view:"),
+    "selective": ("Selective classification", ":material/tune:"),
+    "try": ("Try an image", ":material/add_photo_alternate:"),
+}
 MODEL_LABELS = {"erm": "ERM", "masktune": "MaskTune", "randmask": "RandMask"}
 
 
@@ -90,6 +99,21 @@ def run_picker(
 
 def link(page: str, label: str, run_id: str | None = None, icon: str | None = None) -> None:
     st.page_link(PAGES[page], label=label, icon=icon, query_params={"run": run_id} if run_id else None)
+
+
+def run_links(run_id: str, pages: tuple[str, ...], disabled_help: str | None = None) -> None:
+    """One row of links to ``pages`` showing ``run_id``; all disabled, with that tooltip, when it is given."""
+    with st.container(horizontal=True, gap="medium"):
+        for page in pages:
+            title, icon = TITLES[page]
+            st.page_link(
+                PAGES[page],
+                label=title,
+                icon=icon,
+                query_params={"run": run_id},
+                disabled=disabled_help is not None,
+                help=disabled_help,
+            )
 
 
 # ---------------------------------------------------------------------- cached readers

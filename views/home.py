@@ -130,20 +130,11 @@ def actions(run: Run) -> None:
         st.error(status["error"], icon=":material/error:")
     done = state == "done"
     with st.container(horizontal=True, gap="medium"):
-        for page, label, icon in (
-            ("results", "Results", ":material/monitoring:"),
-            ("masks", "Masks", ":material/grid_view:"),
-            ("selective", "Selective classification", ":material/tune:"),
-            ("try", "Try an image", ":material/add_photo_alternate:"),
-        ):
-            st.page_link(
-                common.PAGES[page],
-                label=label,
-                icon=icon,
-                query_params={"run": run.id},
-                disabled=not done,
-                help=None if done else "Available once the run is done.",
-            )
+        common.run_links(
+            run.id,
+            ("results", "masks", "selective", "try"),
+            None if done else "Available once the run is done.",
+        )
         common.link("launch", "Job progress", run.id, icon=":material/timelapse:")
     with st.container(horizontal=True):
         if state in RESUMABLE and st.button("Resume", icon=":material/play_arrow:", key=f"resume_{run.id}"):

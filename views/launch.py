@@ -107,13 +107,9 @@ def job_panel(run: Run) -> None:
     elif state == "done":
         took = charts.duration_text(common.run_duration(status))
         st.success(f"Done in {took}.", icon=":material/task_alt:")
-        links = st.columns([1, 1, 1.6])
-        with links[0]:
-            common.link("results", "Open results", run.id, icon=":material/monitoring:")
-        with links[1]:
-            common.link("masks", "Masks", run.id, icon=":material/grid_view:")
-        with links[2]:
-            common.link("selective", "Selective classification", run.id, icon=":material/tune:")
+        with st.container(horizontal=True, gap="medium"):
+            common.link("results", "Open results", run.id, icon=common.TITLES["results"][1])
+            common.run_links(run.id, ("masks", "selective"))
     elif state == "cancelled":
         st.warning("Cancelled. Resume it from the **Runs** page.", icon=":material/cancel:")
     else:
