@@ -129,7 +129,7 @@ def test_train_predictions_are_read_from_the_run(finished_store: RunStore) -> No
         assert np.allclose(preds[f"probs_{model}"][:4], _direct_probs(run, model), atol=1e-5), model
 
 
-def test_train_predictions_of_an_older_run_are_computed_once(finished_store: RunStore) -> None:
+def test_train_predictions_of_an_older_run_are_computed_by_the_page(finished_store: RunStore) -> None:
     run = finished_store.list()[0]
     run.predictions_path("train").unlink()  # a run made before the pipeline kept them
     preds = inference.split_predictions(run, "train")

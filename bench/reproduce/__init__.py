@@ -25,7 +25,10 @@ run about 4x faster (load average 13 on 2 cores).
 
 Nothing is tuned on a test split: checkpoints are selected on val by the pipeline, selective thresholds and
 per-class tolerance weights are fitted on val, and test only reports.
+
 Modules, one concern each: ``grid`` (the runs), ``cost`` (time estimate and budget), ``pool`` (running
 them), ``analysis`` (results and the selective study), ``selective_maths``, ``stats``, ``claims``, ``plots``,
-``markdown`` and the ``sections`` modules (the page), ``page`` (putting it together), ``__main__``.
+``markdown`` and the two ``sections`` modules (the page), ``page`` (putting it together), ``__main__`` (the
+command line). ``selective_maths`` holds the study's own selective-classification maths (per-class weights
+fitted on val, AURC over a common coverage range), kept together so library calls can replace them.
 """
