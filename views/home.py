@@ -13,7 +13,7 @@ import streamlit as st
 
 from masktune_core.errors import MaskTuneError
 from masktune_core.runs import ACTIVE_STATES, Run
-from studio import charts, common, launch_form
+from studio import charts, common, launch_form, verdict_view
 
 RESUMABLE = ("interrupted", "failed", "cancelled")
 
@@ -104,6 +104,7 @@ def table(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, Any], list[str], str
                 "duration": charts.duration_text(duration(status)) if status.get("started") else "–",
                 "split": split,
                 **{k: None if v is None else 100 * v for k, v in values.items()},
+                "verdict": verdict_view.verdict_label(common.metrics(run)),
             }
         )
     frame = pd.DataFrame(rows)
@@ -128,11 +129,14 @@ def table(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, Any], list[str], str
         "masktune_wga": percent(
             "MaskTune worst-group", "MaskTune accuracy on its worst (class, attribute) group"
         ),
+        "verdict": st.column_config.TextColumn(
+            "Verdict (val)", help="Did MaskTune beat ERM? Judged on val with a bootstrap interval."
+        ),
     }
     order = ["name", "data", "state", "progress", "started", "duration"]
     if len(splits) > 1:
         order.append("split")
-    order += ["erm_acc", "masktune_acc", "erm_wga", "masktune_wga"]
+    order += ["erm_acc", "masktune_acc", "erm_wga", "masktune_wga", "verdict"]
     return frame[order], config, [run.id for run in runs], where
 
 
