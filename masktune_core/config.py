@@ -52,7 +52,7 @@ class RunConfig:
     # MaskTune
     finetune_lr: float | None = None
     finetune_lrs: tuple[float, ...] | None = None
-    finetune_selection: str = "val"
+    finetune_selection: str | None = None
     iterations: int = 1
     cam_method: str = "xgradcam"
     threshold_rule: str | None = None

@@ -34,6 +34,7 @@ class Recipe:
     lr: float | None = None
     finetune_lr: float | None = None
     finetune_lrs: tuple[float, ...] | None = None  # the finetune candidates validation chooses among
+    finetune_selection: str | None = None  # "val": keep the best candidate on val, or the source model
     image_size: int | None = None
     threshold_rule: str | None = None
     train_copies: int | None = None
@@ -61,6 +62,7 @@ GENERIC = Recipe(
     optimizer="sgd",
     lr=0.01,
     finetune_lr=0.001,
+    finetune_selection="val",
     threshold_rule="mean+2std",
     train_copies=8,
 )

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from masktune_core import selective as sel
-from masktune_core.config import RECIPE_KEYS, RunConfig
+from masktune_core.config import RunConfig
+from masktune_core.recipes import RECIPE_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "reproduce.py"

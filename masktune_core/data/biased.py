@@ -179,6 +179,10 @@ for _name, _base, _description, _recipe in _VARIANTS:
             # The demo recipe was designed by looking at test_biased on seeds 0-9 (a demo must show the
             # effect every time); docs/results.md reports other seeds, so its numbers are not tuned on test.
             finetune_lr=0.01,
+            # The protocol's val split is drawn like train (99 % of class 0 with the square), so its
+            # minority groups hold one or two scans: too few to choose a finetune by. The finetune is the
+            # paper's (one, kept), and the verdict on val is reported with its interval.
+            finetune_selection="none",
             optimizer="sgd",
             image_size=28,
             **_recipe,
