@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from masktune_core import evaluate, masking, models, train, verdict
+from masktune_core import candidates, evaluate, masking, models, train, verdict
 from masktune_core.config import RunConfig
 from masktune_core.data import DatasetBundle, build_dataset
+from masktune_core.data.base import Split
 from masktune_core.errors import CheckpointError, MaskTuneError
 from masktune_core.runs import (
     Run,
@@ -28,7 +29,6 @@ from masktune_core.runs import (
     disk_error,
     now_iso,
     process_start_time,
-    read_json,
     write_json,
 )
 
@@ -302,7 +302,7 @@ def stage_masks(ctx: Context, iteration: int) -> None:
         ctx.check_stop()
         ctx.progress.update(done / total)
 
-    masks = masking.compute_masks(
+    masks, probs = masking.compute_masks(
         model,
         split.images,
         method=config.cam_method,
@@ -313,6 +313,10 @@ def stage_masks(ctx: Context, iteration: int) -> None:
         progress=on_batch,
     )
     masking.save_masks(ctx.run.masks_path(f"iter{iteration}"), masks)
+    # The saliency pass already ran the source model over the training split: its predictions are kept,
+    # so neither the evaluation nor the dashboard has to predict that split again for this model.
+    stored = ctx.run.predictions("train") or _split_arrays(split)
+    ctx.run.save_predictions("train", {**stored, f"probs_{source}": probs})
     area = masks.flatten(1).float().mean(1)
     ctx.run.append_event(
         {
@@ -402,17 +406,17 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
     split = ctx.bundle.splits["val"]
     labels = split.labels.numpy()
     groups = None if split.groups is None else split.groups.numpy()
-    record = candidate_record(run)
+    record = candidates.candidate_record(run)
     entries = record.setdefault(str(iteration), {"source": source, "candidates": []})
     if "source_score" not in entries:
         entries["source_score"] = verdict.selection_score(
             val_probs(ctx, ctx.load_model(source)), labels, groups
         ).as_dict()
-        entries["mask_effect"] = mask_effect(ctx, source, ctx.masks(f"iter{iteration}"))
+        entries["mask_effect"] = candidates.mask_effect(ctx, source, ctx.masks(f"iter{iteration}"))
     lrs = config.finetune_lrs if config.finetune_selection == "val" else config.finetune_lrs[:1]
     done = {c["name"] for c in entries["candidates"]}
     for k, lr in enumerate(lrs):
-        name = candidate_name(iteration, lr)
+        name = candidates.candidate_name(iteration, lr)
         if name in done and run.checkpoint_path(name).exists():
             continue
         probs = finetune(
@@ -430,10 +434,10 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
         entries["candidates"].append(
             {"name": name, "settings": {"finetune_lr": lr}, "val_score": score.as_dict()}
         )
-        write_json(run.file(CANDIDATES_FILE), record)
-    kept = choose_candidate(entries, config.finetune_selection)
+        write_json(run.file(candidates.CANDIDATES_FILE), record)
+    kept = candidates.choose_candidate(entries, config.finetune_selection)
     entries["selected"] = kept
-    write_json(run.file(CANDIDATES_FILE), record)
+    write_json(run.file(candidates.CANDIDATES_FILE), record)
     run.log(
         f"finetune {iteration}: kept {kept}"
         + (" (no finetune candidate beat it on val)" if kept == source else " (best on val)")
@@ -443,62 +447,13 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
         models.save_state(ctx.load_model(f"masktune_{iteration}"), ctx.run.checkpoint_path("masktune"))
 
 
-CANDIDATES_FILE = "candidates.json"
-
-
-def candidate_name(iteration: int, lr: float) -> str:
-    return f"masktune_{iteration}_lr{lr:g}"
-
-
-def candidate_record(run: Run) -> dict[str, Any]:
-    """candidates.json: per iteration, the source model's val score, the mask effect and every candidate."""
-    return read_json(run.file(CANDIDATES_FILE)) or {}
-
-
-def choose_candidate(entries: dict[str, Any], selection: str) -> str:
-    """The best candidate on val; with selection "val", the source model unless a candidate beats it."""
-    scored = [(verdict.Score(**c["val_score"]), c["name"]) for c in entries["candidates"]]
-    best_score, best_name = scored[0]
-    for score, name in scored[1:]:
-        if score.beats(best_score):
-            best_score, best_name = score, name
-    if selection == "val" and not best_score.beats(verdict.Score(**entries["source_score"])):
-        return entries["source"]
-    return best_name
-
-
-MASK_EFFECT_SAMPLES = 2048
-
-
-def mask_effect(ctx: Context, source: str, masks: torch.Tensor) -> dict[str, float]:
-    """The source model's training accuracy on original and on masked images (a fixed subsample).
-
-    Masks work when they hide what the model relies on, so its accuracy falls on masked images. A cue
-    spread over the whole image (a colour cast) survives any region mask, and the accuracy stays."""
-    split = ctx.bundle.splits["train"]
-    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(ctx.config.seed))
-    index = index[:MASK_EFFECT_SAMPLES]
-    images, labels = split.images[index], split.labels[index].numpy()
-    masked = masking.apply_masks(images, masks[index], fill=ctx.config.fill, mean=ctx.bundle.mean)
-    model = ctx.load_model(source)
-    accuracy = {}
-    for name, batch in (("original", images), ("masked", masked)):
-        probs = train.predict_probs(model, batch, batch_size=ctx.config.batch_size, device=ctx.device)
-        accuracy[name] = float((probs.argmax(1) == labels).mean())
-    return {
-        "train_accuracy_original": accuracy["original"],
-        "train_accuracy_masked": accuracy["masked"],
-        "n": len(index),
-    }
-
-
 def stage_randmask(ctx: Context) -> None:
     generator = torch.Generator().manual_seed(ctx.config.seed + 7919)
     random_masks = masking.random_masks_like(ctx.masks("iter1"), generator)
     masking.save_masks(ctx.run.masks_path("randmask"), random_masks)
     # RandMask is finetuned at the learning rate the first iteration chose, so only the masks differ.
-    chosen = candidate_record(ctx.run).get("1", {}).get("selected", "")
-    lrs = {candidate_name(1, lr): lr for lr in ctx.config.finetune_lrs}
+    chosen = candidates.candidate_record(ctx.run).get("1", {}).get("selected", "")
+    lrs = {candidates.candidate_name(1, lr): lr for lr in ctx.config.finetune_lrs}
     finetune(
         ctx, "erm", random_masks, "randmask", "randmask", 100, lrs.get(chosen, ctx.config.finetune_lrs[0])
     )
@@ -522,11 +477,8 @@ def stage_evaluate(ctx: Context) -> None:
     }
     for i, split_name in enumerate(bundle.eval_splits):
         split = bundle.splits[split_name]
-        labels = split.labels.numpy()
-        groups = None if split.groups is None else split.groups.numpy()
-        arrays: dict[str, np.ndarray] = {"index": np.arange(len(split)), "label": labels}
-        if groups is not None:
-            arrays["group"] = groups
+        arrays = _split_arrays(split)
+        labels, groups = arrays["label"], arrays.get("group")
         metrics["splits"][split_name] = {}
         for name, model in trained.items():
             probs = train.predict_probs(model, split.images, batch_size=config.batch_size, device=ctx.device)
@@ -541,81 +493,38 @@ def stage_evaluate(ctx: Context) -> None:
             )
         ctx.run.save_predictions(split_name, arrays)
         if split_name == "val" and "masktune" in trained:
-            metrics["verdict"] = run_verdict(
-                ctx, arrays["probs_erm"], arrays["probs_masktune"], labels, groups
+            metrics["verdict"] = candidates.run_verdict(
+                ctx.run, ctx.config.seed, arrays["probs_erm"], arrays["probs_masktune"], labels, groups
             )
-        ctx.progress.update((i + 1) / len(bundle.eval_splits))
-    metrics["candidates"] = candidate_metrics(ctx)
+        ctx.progress.update((i + 1) / (len(bundle.eval_splits) + 1))
+    save_train_predictions(ctx, trained)
+    metrics["candidates"] = candidates.candidate_metrics(ctx)
     metrics["dataset"] = summary
     write_json(ctx.run.file("metrics.json"), metrics)
 
 
-def run_verdict(
-    ctx: Context, erm: np.ndarray, masktune: np.ndarray, labels: np.ndarray, groups: np.ndarray | None
-) -> dict[str, Any]:
-    """The verdict on val, with what a reader needs to trust it: which candidate was kept, and whether the
-    masks hid what ERM relied on."""
-    result = verdict.judge(erm, masktune, labels, groups, seed=ctx.config.seed)
-    first = candidate_record(ctx.run).get("1", {})
-    result["kept_source"] = first.get("selected") == first.get("source")
-    result["mask_effect"] = first.get("mask_effect")
-    notes = []
-    if result["kept_source"]:
-        notes.append(
-            "No finetune candidate beat ERM on val, so the run keeps ERM's weights as its MaskTune model."
-        )
-    effect = result["mask_effect"]
-    if effect and effect["train_accuracy_original"] - effect["train_accuracy_masked"] < MASK_EFFECT_MIN_DROP:
-        notes.append(
-            f"The masks hid little of what ERM relies on: its training accuracy is "
-            f"{effect['train_accuracy_original']:.1%} on original and {effect['train_accuracy_masked']:.1%} "
-            "on masked images. A cue spread over the whole image (a colour cast, a texture) cannot be "
-            "removed by masking a region."
-        )
-    result["notes"] = notes
-    return result
-
-
-# Below this drop in ERM's training accuracy, the masks did not hide what ERM uses (see mask_effect).
-MASK_EFFECT_MIN_DROP = 0.02
-
-
-def candidate_metrics(ctx: Context) -> list[dict[str, Any]]:
-    """Each finetune candidate's accuracy and worst-group accuracy on every eval split, and if it was kept."""
-    out = []
-    for iteration, entries in sorted(candidate_record(ctx.run).items()):
-        for candidate in entries["candidates"]:
-            model = ctx.load_model(candidate["name"])
-            splits = {}
-            for split_name in ctx.bundle.eval_splits:
-                split = ctx.bundle.splits[split_name]
-                probs = train.predict_probs(
-                    model, split.images, batch_size=ctx.config.batch_size, device=ctx.device
-                )
-                result = evaluate.accuracy_metrics(
-                    probs,
-                    split.labels.numpy(),
-                    None if split.groups is None else split.groups.numpy(),
-                    class_names=ctx.bundle.class_names,
-                    group_names=ctx.bundle.group_names,
-                    train_group_fractions=None,
-                )
-                splits[split_name] = {
-                    "accuracy": result["accuracy"],
-                    "worst_group_accuracy": result["worst_group_accuracy"],
-                    "worst_class_accuracy": min(c["accuracy"] for c in result["per_class"].values()),
-                }
-            out.append(
-                {
-                    "name": candidate["name"],
-                    "iteration": int(iteration),
-                    "settings": candidate["settings"],
-                    "val_score": candidate["val_score"],
-                    "selected": entries.get("selected") == candidate["name"],
-                    "splits": splits,
-                }
+def save_train_predictions(ctx: Context, trained: dict[str, models.Classifier]) -> None:
+    """The training split's predictions of every model (for the pages, not for metrics): the ones a masks
+    stage kept from its saliency pass are reused, the others predicted now."""
+    split = ctx.bundle.splits["train"]
+    arrays = _split_arrays(split)
+    stored = ctx.run.predictions("train") or {}
+    for name, model in trained.items():
+        kept = stored.get(f"probs_{name}")
+        if kept is None or len(kept) != len(split):
+            kept = train.predict_probs(
+                model, split.images, batch_size=ctx.config.batch_size, device=ctx.device
             )
-    return out
+        arrays[f"probs_{name}"] = kept
+    ctx.run.save_predictions("train", arrays)
+
+
+def _split_arrays(split: Split) -> dict[str, np.ndarray]:
+    """A split's ``index``, ``label`` and (if any) ``group``: the leading arrays of a predictions file."""
+    arrays: dict[str, np.ndarray] = {"index": np.arange(len(split)), "label": split.labels.numpy()}
+    if split.groups is not None:
+        arrays["group"] = split.groups.numpy()
+    return arrays
 
 
 STAGES: dict[str, Callable[..., None]] = {

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from masktune_core.recipes import RECIPE_KEYS
 from masktune_core.data import DATASETS, DataOptions, build_dataset, dataset_availability, dataset_names
 from masktune_core.data.biased import MARGIN, square_slices
 from masktune_core.data.digits import affine_copies, load_digits_arrays
 from masktune_core.data.imageio import channel_stats, seeded_generator, stratified_split
 from masktune_core.errors import ConfigError
+from masktune_core.recipes import RECIPE_KEYS
 
 FAST = DataOptions(train_copies=1)
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from masktune_core import pipeline, verdict
+from masktune_core import candidates, pipeline, verdict
 from masktune_core.config import RunConfig
 from masktune_core.errors import ConfigError
 from masktune_core.recipes import FROM_SCRATCH, recipe_for
@@ -46,10 +46,10 @@ def test_ties_on_the_score_go_to_the_tie_break_then_to_the_source() -> None:
             {"name": "b", "val_score": {**source, "tie_break": 0.7}},  # equal to the source: not better
         ],
     }
-    assert pipeline.choose_candidate(entries, "val") == "erm"
-    assert pipeline.choose_candidate(entries, "none") == "b"
+    assert candidates.choose_candidate(entries, "val") == "erm"
+    assert candidates.choose_candidate(entries, "none") == "b"
     entries["candidates"].append({"name": "c", "val_score": {**source, "value": 0.51, "tie_break": 0.0}})
-    assert pipeline.choose_candidate(entries, "val") == "c"
+    assert candidates.choose_candidate(entries, "val") == "c"
 
 
 # ---------------------------------------------------------------------- verdict
@@ -78,7 +78,9 @@ def test_a_clear_gain_or_loss_in_the_worst_group_is_called(better: str, label: s
     erm, masktune = (weak, good) if better == "masktune" else (good, weak)
     result = verdict.judge(erm, masktune, labels, groups, resamples=500)
     assert result["label"] == label
-    expected = plain_worst(masktune.argmax(1) == labels, groups) - plain_worst(erm.argmax(1) == labels, groups)
+    expected = plain_worst(masktune.argmax(1) == labels, groups) - plain_worst(
+        erm.argmax(1) == labels, groups
+    )
     assert result["difference"] == pytest.approx(expected)
     low, high = result["interval"]
     assert low <= result["difference"] <= high
@@ -96,7 +98,11 @@ def test_the_bootstrap_is_seeded() -> None:
 # ---------------------------------------------------------------------- recipes and config
 def test_recipes_are_keyed_by_regime_for_folder_datasets() -> None:
     scratch = recipe_for("waterbirds", "small-cnn")
-    assert (scratch.optimizer, scratch.lr, scratch.patience) == ("adam", FROM_SCRATCH.lr, FROM_SCRATCH.patience)
+    assert (scratch.optimizer, scratch.lr, scratch.patience) == (
+        "adam",
+        FROM_SCRATCH.lr,
+        FROM_SCRATCH.patience,
+    )
     assert len(scratch.finetune_lrs) > 1
     pretrained = recipe_for("waterbirds", "resnet50", pretrained="weights.pt")
     assert (pretrained.optimizer, pretrained.lr, pretrained.finetune_lr) == ("sgd", 0.001, 0.0001)

@@ -5,7 +5,6 @@ The table refreshes every second while any run is queued or running, and stops o
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -13,7 +12,7 @@ import streamlit as st
 
 from masktune_core.errors import MaskTuneError
 from masktune_core.runs import ACTIVE_STATES, Run
-from studio import charts, common, launch_form, verdict_view
+from studio import charts, common, launch_form, runs_state, verdict_view
 
 RESUMABLE = ("interrupted", "failed", "cancelled")
 
@@ -48,21 +47,6 @@ def empty_state() -> None:
     common.link("launch", "Or configure an experiment on the Launch page", icon=":material/tune:")
     st.caption("From a terminal, the same demo run:")
     st.code("python -m masktune_core run --name demo", language="bash")
-
-
-def _time(value: str | None) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value) if value else None
-    except ValueError:
-        return None
-
-
-def duration(status: dict[str, Any]) -> float | None:
-    start = _time(status.get("started"))
-    if start is None:
-        return None
-    end = _time(status.get("finished")) if status.get("state") not in ACTIVE_STATES else None
-    return ((end or datetime.now(UTC)) - start).total_seconds()
 
 
 def headline(run: Run) -> tuple[str | None, dict[str, float | None]]:
@@ -100,8 +84,8 @@ def table(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, Any], list[str], str
                 "data": f"{config.get('dataset')} / {config.get('backbone')}",
                 "state": state_text(state, status.get("stage"), positions.get(run.id)),
                 "progress": 100 * float(status.get("progress") or 0.0),
-                "started": _time(status.get("started") or status.get("created")),
-                "duration": charts.duration_text(duration(status)) if status.get("started") else "–",
+                "started": common.timestamp(status.get("started") or status.get("created")),
+                "duration": charts.duration_text(common.run_duration(status)),
                 "split": split,
                 **{k: None if v is None else 100 * v for k, v in values.items()},
                 "verdict": verdict_view.verdict_label(common.metrics(run)),
@@ -150,27 +134,18 @@ def actions(run: Run) -> None:
         st.error(status["error"], icon=":material/error:")
     done = state == "done"
     with st.container(horizontal=True, gap="medium"):
-        for page, label, icon in (
-            ("results", "Results", ":material/monitoring:"),
-            ("masks", "Masks", ":material/grid_view:"),
-            ("selective", "Selective classification", ":material/tune:"),
-            ("try", "Try an image", ":material/add_photo_alternate:"),
-        ):
-            st.page_link(
-                common.PAGES[page],
-                label=label,
-                icon=icon,
-                query_params={"run": run.id},
-                disabled=not done,
-                help=None if done else "Available once the run is done.",
-            )
+        common.run_links(
+            run.id,
+            ("results", "masks", "selective", "try"),
+            None if done else "Available once the run is done.",
+        )
         common.link("launch", "Job progress", run.id, icon=":material/timelapse:")
     with st.container(horizontal=True):
         if state in RESUMABLE and st.button("Resume", icon=":material/play_arrow:", key=f"resume_{run.id}"):
             resume(run)
         if st.button("Delete…", icon=":material/delete:", key=f"delete_{run.id}"):
-            st.session_state["confirm_delete"] = run.id
-    if st.session_state.get("confirm_delete") == run.id:
+            runs_state.ask_delete(run.id)
+    if runs_state.delete_pending(run.id):
         confirm_delete(run)
 
 
@@ -198,16 +173,16 @@ def confirm_delete(run: Run) -> None:
             try:
                 store.delete(run.id)
             except MaskTuneError as err:
-                st.session_state.pop("confirm_delete", None)
+                runs_state.clear_delete()
                 st.error(str(err), icon=":material/block:")
                 return
-            st.session_state.pop("confirm_delete", None)
+            runs_state.clear_delete()
             if st.query_params.get("run") == run.id:
                 del st.query_params["run"]
             st.toast(f"Deleted {run.id}", icon=":material/delete:")
             st.rerun()
         if buttons.button("Keep it", key=f"keep_{run.id}"):
-            st.session_state.pop("confirm_delete", None)
+            runs_state.clear_delete()
             st.rerun()
 
 
@@ -249,17 +224,9 @@ def runs_view() -> None:
             selection_mode="single-row",
             selection_default={"selection": {"rows": default}},
             placeholder="–",
-            key="runs_table",
+            key=runs_state.KEY_TABLE,
         )
-        # The URL's ?run= is the selection; a click on a row (a change of the table's own state) updates it.
-        # Row positions shift when a new run appears, so they are never used as the selection themselves.
-        rows = list(event["selection"]["rows"]) if event else []
-        if rows != st.session_state.get("runs_table_rows"):
-            st.session_state["runs_table_rows"] = rows
-            if rows and rows[0] < len(ids):
-                st.query_params["run"] = ids[rows[0]]
-            elif "run" in st.query_params:
-                del st.query_params["run"]
+        runs_state.follow_selection(list(event["selection"]["rows"]) if event else [], ids)
         wanted = st.query_params.get("run")
         selected = wanted if wanted in ids else None
         if selected is None:

@@ -241,13 +241,7 @@ def run_header(run: Run) -> None:
         f"seed {config.get('seed')}",
     ]
     st.caption(" · ".join(details))
-    links = st.columns(4)
-    with links[0]:
-        common.link("masks", "Masks", run.id, icon=":material/grid_view:")
-    with links[1]:
-        common.link("selective", "Selective classification", run.id, icon=":material/tune:")
-    with links[2]:
-        common.link("try", "Try an image", run.id, icon=":material/add_photo_alternate:")
+    common.run_links(run.id, ("masks", "selective", "try"))
 
 
 def run_view(run: Run, key: str) -> None:
