@@ -178,13 +178,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet: start one with  python -m masktune_core run")
         return 0
-    header = f"{'run':40} {'state':11} {'stage':12} {'dataset':22} {'backbone':10} {'ERM':>7} {'MaskTune':>9}"
+    header = (
+        f"{'run':40} {'state':11} {'stage':12} {'dataset':22} {'backbone':10} {'ERM':>7} {'MaskTune':>9}"
+        "  verdict (val)"
+    )
     print(header)
     for row in rows:
         erm, mt = row["headline"].get("erm"), row["headline"].get("masktune")
         print(
             f"{row['id']:40} {row['state']:11} {row['stage'] or '-':12} {row['dataset']:22} "
-            f"{row['backbone'] or '-':10} {_pct(erm):>7} {_pct(mt):>9}"
+            f"{row['backbone'] or '-':10} {_pct(erm):>7} {_pct(mt):>9}  {row['verdict'] or '-'}"
         )
     print("(ERM / MaskTune: accuracy on each run's main test split)")
     return 0
@@ -204,6 +207,7 @@ def _summary(run: Run) -> dict[str, Any]:
         "backbone": config.get("backbone"),
         "main_test_split": main,
         "headline": {name: model.get("accuracy") for name, model in split.items()},
+        "verdict": (metrics.get("verdict") or {}).get("label"),
     }
 
 
@@ -222,6 +226,11 @@ def _print_headline(run: Run) -> None:
                 + (f" (worst group {_pct(wga)})" if wga is not None else "")
             )
         print(f"{split:14} " + " | ".join(parts))
+    verdict = metrics.get("verdict")
+    if verdict:
+        print(f"verdict (judged on val): {verdict['text']}")
+        for note in verdict.get("notes", []):
+            print(f"  note: {note}")
 
 
 def cmd_show(args: argparse.Namespace) -> int:

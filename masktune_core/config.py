@@ -22,32 +22,12 @@ CAM_METHODS = ("xgradcam", "gradcam", "gradcam++", "layercam", "eigencam")
 THRESHOLD_RULES = ("mean+2std", "topk")
 FILLS = ("black", "mean", "blur")
 SELECTIONS = ("val_accuracy", "worst_group")
+FINETUNE_SELECTIONS = ("val", "none")
 DEVICES = ("auto", "cpu", "cuda")
 BAD_IMAGE_POLICIES = ("skip", "fail")
 SQUARE_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
-# Options a dataset's recipe may set; anything the user leaves as None falls back to these.
-RECIPE_KEYS = (
-    "backbone",
-    "epochs",
-    "batch_size",
-    "lr",
-    "finetune_lr",
-    "optimizer",
-    "image_size",
-    "threshold_rule",
-    "train_copies",
-)
-GENERIC_RECIPE = {
-    "backbone": "small-cnn",
-    "epochs": 10,
-    "batch_size": 128,
-    "lr": 0.01,
-    "finetune_lr": 0.001,
-    "optimizer": "sgd",
-    "threshold_rule": "mean+2std",
-    "train_copies": 8,
-}
+MAX_FINETUNE_CANDIDATES = 6
 
 
 @dataclass
@@ -62,6 +42,7 @@ class RunConfig:
     pretrained: str | None = None
     # ERM
     epochs: int | None = None
+    patience: int | None = None
     batch_size: int | None = None
     optimizer: str | None = None
     lr: float | None = None
@@ -71,6 +52,8 @@ class RunConfig:
     selection: str = "val_accuracy"
     # MaskTune
     finetune_lr: float | None = None
+    finetune_lrs: tuple[float, ...] | None = None
+    finetune_selection: str | None = None
     iterations: int = 1
     cam_method: str = "xgradcam"
     threshold_rule: str | None = None
@@ -127,15 +110,20 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["square_color"] = list(self.square_color)
+        if self.finetune_lrs is not None:
+            values["finetune_lrs"] = list(self.finetune_lrs)
         return values
 
     # ------------------------------------------------------------------ recipe
     def resolved(self) -> RunConfig:
-        """A copy with every ``None`` recipe option taken from the dataset's recipe."""
-        from masktune_core.data import get_dataset_info
+        """A copy with every ``None`` recipe option taken from the recipe of the dataset, backbone and
+        regime (masktune_core.recipes). A finetune lr given alone is the only finetune candidate."""
+        from masktune_core.recipes import RECIPE_KEYS, recipe_for
 
-        recipe = {**GENERIC_RECIPE, **get_dataset_info(self.dataset).defaults}
+        recipe = recipe_for(self.dataset, self.backbone, self.pretrained).as_dict()
         updates = {key: recipe[key] for key in RECIPE_KEYS if getattr(self, key) is None and key in recipe}
+        if self.finetune_lrs is None and (self.finetune_lr is not None or "finetune_lrs" not in updates):
+            updates["finetune_lrs"] = (self.finetune_lr or updates["finetune_lr"],)
         config = dataclasses.replace(self, **updates)
         config.validate()
         return config
@@ -154,8 +142,15 @@ class RunConfig:
             square_color=tuple(self.square_color),
             square_position=self.square_position,
             bias_ratio=self.bias_ratio,
-            train_copies=GENERIC_RECIPE["train_copies"] if self.train_copies is None else self.train_copies,
+            train_copies=self._recipe_value("train_copies"),
         )
+
+    def _recipe_value(self, key: str) -> Any:
+        if getattr(self, key) is not None:
+            return getattr(self, key)
+        from masktune_core.recipes import recipe_for
+
+        return getattr(recipe_for(self.dataset, self.backbone, self.pretrained), key)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -168,6 +163,7 @@ class RunConfig:
                 "backbone", f"unknown backbone {self.backbone!r}; choose one of {', '.join(MODELS)}"
             )
         _positive_int("epochs", self.epochs)
+        _positive_int("patience", self.patience, lower=0, upper=1000)
         _positive_int("batch_size", self.batch_size)
         _positive_int("iterations", self.iterations, upper=10)
         _positive_int("image_size", self.image_size, lower=8, upper=1024)
@@ -176,6 +172,14 @@ class RunConfig:
         _positive_int("seed", self.seed, lower=0, upper=2**31 - 1)
         _positive_float("lr", self.lr)
         _positive_float("finetune_lr", self.finetune_lr)
+        if self.finetune_lrs is not None:
+            if not 1 <= len(self.finetune_lrs) <= MAX_FINETUNE_CANDIDATES:
+                raise ConfigError(
+                    "finetune_lrs", f"needs 1 to {MAX_FINETUNE_CANDIDATES} learning rates, e.g. 0.001,0.0001"
+                )
+            for lr in self.finetune_lrs:
+                _positive_float("finetune_lrs", lr)
+        _choice("finetune_selection", self.finetune_selection, FINETUNE_SELECTIONS)
         _in_range("momentum", self.momentum, 0.0, 0.999)
         _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _in_range("topk_percent", self.topk_percent, 0.1, 99.9)
@@ -210,6 +214,8 @@ class RunConfig:
 # ---------------------------------------------------------------------- coercion helpers
 def _coerce(name: str, annotation: str, value: Any) -> Any:
     kind = str(annotation)
+    if name == "finetune_lrs":
+        return _parse_numbers(name, value)
     if "tuple" in kind:
         return _parse_color(name, value)
     if "bool" in kind:
@@ -252,6 +258,17 @@ def _parse_color(name: str, value: Any) -> tuple[int, int, int]:
     if len(color) != 3:
         raise ConfigError(name, f"needs three integers from 0 to 255, e.g. 255,0,0; got {value!r}")
     return color  # type: ignore[return-value]
+
+
+def _parse_numbers(name: str, value: Any) -> tuple[float, ...]:
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        numbers = tuple(float(str(p).strip()) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"needs comma-separated numbers, e.g. 0.001,0.0001; got {value!r}") from None
+    if not all(math.isfinite(n) for n in numbers):
+        raise ConfigError(name, f"needs finite numbers, got {value!r}")
+    return numbers
 
 
 def _positive_int(name: str, value: int | None, *, lower: int = 1, upper: int | None = None) -> None:

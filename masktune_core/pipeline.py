@@ -18,12 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from masktune_core import evaluate, masking, models, train
+from masktune_core import candidates, evaluate, masking, models, train, verdict
 from masktune_core.config import RunConfig
 from masktune_core.data import DatasetBundle, build_dataset
 from masktune_core.data.base import Split
 from masktune_core.errors import CheckpointError, MaskTuneError
-from masktune_core.runs import Run, atomic_path, disk_error, now_iso, process_start_time, write_json
+from masktune_core.runs import (
+    Run,
+    atomic_path,
+    disk_error,
+    now_iso,
+    process_start_time,
+    write_json,
+)
 
 MODEL_NAMES = ("erm", "masktune", "randmask")
 
@@ -37,7 +44,7 @@ def plan_stages(config: RunConfig) -> list[tuple[str, float]]:
     """Stage names with rough relative costs (one training epoch = 1), used for progress and ETA."""
     stages: list[tuple[str, float]] = [("erm", float(config.epochs))]
     for i in range(1, config.iterations + 1):
-        stages += [(f"masks_{i}", 0.4), (f"finetune_{i}", 1.0)]
+        stages += [(f"masks_{i}", 0.4), (f"finetune_{i}", float(len(config.finetune_lrs or (None,))))]
     if config.randmask:
         stages.append(("randmask", 1.0))
     stages.append(("evaluate", 0.3))
@@ -177,7 +184,7 @@ def stage_erm(ctx: Context) -> None:
     state_path = ctx.run.checkpoint_path("erm_last")
     # Ties on the selection score are common (a shortcut model scores exactly the bias ratio on a biased
     # val), so they go to the lower val cross-entropy rather than always to the first epoch.
-    start_epoch, best = 0, (-1.0, float("-inf"))
+    start_epoch, best, best_epoch = 0, (-1.0, float("-inf")), 0
     if state_path.exists():
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -191,9 +198,10 @@ def stage_erm(ctx: Context) -> None:
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        start_epoch, best = (
+        start_epoch, best, best_epoch = (
             int(state["epoch"]),
             (float(state["best"]), -float(state.get("best_loss", float("inf")))),
+            int(state.get("best_epoch", state["epoch"])),
         )
         ctx.run.log(f"resuming ERM after epoch {start_epoch}")
     source = train.BatchSource(split.images, split.labels)
@@ -222,7 +230,7 @@ def stage_erm(ctx: Context) -> None:
         score = val["worst_group_accuracy"] if config.selection == "worst_group" else val["accuracy"]
         improved = score is not None and (score, -val["loss"]) > best
         if improved:
-            best = (score, -val["loss"])
+            best, best_epoch = (score, -val["loss"]), epoch + 1
             models.save_state(model, ctx.run.checkpoint_path("erm"))
         ctx.run.append_event(
             {
@@ -247,9 +255,19 @@ def stage_erm(ctx: Context) -> None:
             "epoch": epoch + 1,
             "best": best[0],
             "best_loss": -best[1],
+            "best_epoch": best_epoch,
         }
         with atomic_path(state_path) as tmp:
             torch.save(training_state, tmp)
+        if config.patience and epoch + 1 - best_epoch >= config.patience and epoch + 1 < config.epochs:
+            # Early stopping on the selection score: the best checkpoint is already saved.
+            ctx.run.append_event(
+                {"stage": "erm", "kind": "early_stop", "epoch": epoch + 1, "best_epoch": best_epoch}
+            )
+            ctx.run.log(
+                f"ERM stopped early after epoch {epoch + 1}: no better val score since epoch {best_epoch}"
+            )
+            break
     state_path.unlink(missing_ok=True)
 
 
@@ -314,13 +332,22 @@ def stage_masks(ctx: Context, iteration: int) -> None:
 
 
 def finetune(
-    ctx: Context, source: str, masks: torch.Tensor, target: str, stage: str, seed_offset: int
-) -> None:
-    """One epoch on the masked training split from checkpoint ``source``; saves checkpoint ``target``."""
+    ctx: Context,
+    source: str,
+    masks: torch.Tensor,
+    target: str,
+    stage: str,
+    seed_offset: int,
+    lr: float,
+    progress: tuple[int, int] = (0, 1),
+) -> np.ndarray:
+    """One epoch on the masked training split from checkpoint ``source`` at learning rate ``lr``; saves
+    checkpoint ``target`` and returns its val probabilities. ``progress`` is (this pass, passes) of the
+    stage, so a stage of several finetunes reports one progress bar."""
     config, split = ctx.config, ctx.bundle.splits["train"]
     model = ctx.load_model(source)
     generator = train.seed_everything(config.seed + seed_offset)
-    optimizer = train.make_optimizer(config, model, config.finetune_lr)
+    optimizer = train.make_optimizer(config, model, lr)
     # A constant small learning rate over the single epoch, as in the method.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     mean = ctx.bundle.mean
@@ -330,8 +357,10 @@ def finetune(
 
     def on_step(step: int, steps: int, loss: float) -> None:
         if step % max(steps // 20, 1) == 0:
-            ctx.run.append_event({"stage": stage, "kind": "step", "epoch": step / steps, "loss": loss})
-        ctx.progress.update(step / steps, epoch=1, epochs=1)
+            ctx.run.append_event(
+                {"stage": stage, "kind": "step", "epoch": step / steps, "loss": loss, "lr": lr}
+            )
+        ctx.progress.update((progress[0] + step / steps) / progress[1], epoch=1, epochs=1)
 
     stats = train.train_epoch(
         model,
@@ -347,22 +376,74 @@ def finetune(
     )
     val = validation_scores(ctx, model)
     ctx.run.append_event(
-        {"stage": stage, "kind": "epoch", "epoch": 1, **_prefixed("train", stats), **_prefixed("val", val)}
+        {
+            "stage": stage,
+            "kind": "epoch",
+            "epoch": 1,
+            "lr": lr,
+            **_prefixed("train", stats),
+            **_prefixed("val", val),
+        }
     )
     models.save_state(model, ctx.run.checkpoint_path(target))
+    return val_probs(ctx, model)
+
+
+def val_probs(ctx: Context, model: torch.nn.Module) -> np.ndarray:
+    split = ctx.bundle.splits["val"]
+    return train.predict_probs(model, split.images, batch_size=ctx.config.batch_size, device=ctx.device)
 
 
 def stage_finetune(ctx: Context, iteration: int) -> None:
+    """Finetune one candidate per learning rate from the same model and masks, then keep the best on val.
+
+    With ``finetune_selection == "val"`` the model the finetunes start from is a candidate too: if no
+    finetune beats it on val, the run keeps it, and the verdict says so. Candidates already on disk (a
+    resumed run) are not trained again.
+    """
+    config, run = ctx.config, ctx.run
     source = "erm" if iteration == 1 else f"masktune_{iteration - 1}"
-    finetune(
-        ctx,
-        source,
-        ctx.masks(f"iter{iteration}"),
-        f"masktune_{iteration}",
-        f"finetune_{iteration}",
-        iteration,
+    split = ctx.bundle.splits["val"]
+    labels = split.labels.numpy()
+    groups = None if split.groups is None else split.groups.numpy()
+    record = candidates.candidate_record(run)
+    entries = record.setdefault(str(iteration), {"source": source, "candidates": []})
+    if "source_score" not in entries:
+        entries["source_score"] = verdict.selection_score(
+            val_probs(ctx, ctx.load_model(source)), labels, groups
+        ).as_dict()
+        entries["mask_effect"] = candidates.mask_effect(ctx, source, ctx.masks(f"iter{iteration}"))
+    lrs = config.finetune_lrs if config.finetune_selection == "val" else config.finetune_lrs[:1]
+    done = {c["name"] for c in entries["candidates"]}
+    for k, lr in enumerate(lrs):
+        name = candidates.candidate_name(iteration, lr)
+        if name in done and run.checkpoint_path(name).exists():
+            continue
+        probs = finetune(
+            ctx,
+            source,
+            ctx.masks(f"iter{iteration}"),
+            name,
+            f"finetune_{iteration}",
+            iteration,
+            lr,
+            (k, len(lrs)),
+        )
+        score = verdict.selection_score(probs, labels, groups)
+        entries["candidates"] = [c for c in entries["candidates"] if c["name"] != name]
+        entries["candidates"].append(
+            {"name": name, "settings": {"finetune_lr": lr}, "val_score": score.as_dict()}
+        )
+        write_json(run.file(candidates.CANDIDATES_FILE), record)
+    kept = candidates.choose_candidate(entries, config.finetune_selection)
+    entries["selected"] = kept
+    write_json(run.file(candidates.CANDIDATES_FILE), record)
+    run.log(
+        f"finetune {iteration}: kept {kept}"
+        + (" (no finetune candidate beat it on val)" if kept == source else " (best on val)")
     )
-    if iteration == ctx.config.iterations:
+    models.save_state(ctx.load_model(kept), ctx.run.checkpoint_path(f"masktune_{iteration}"))
+    if iteration == config.iterations:
         models.save_state(ctx.load_model(f"masktune_{iteration}"), ctx.run.checkpoint_path("masktune"))
 
 
@@ -370,7 +451,12 @@ def stage_randmask(ctx: Context) -> None:
     generator = torch.Generator().manual_seed(ctx.config.seed + 7919)
     random_masks = masking.random_masks_like(ctx.masks("iter1"), generator)
     masking.save_masks(ctx.run.masks_path("randmask"), random_masks)
-    finetune(ctx, "erm", random_masks, "randmask", "randmask", 100)
+    # RandMask is finetuned at the learning rate the first iteration chose, so only the masks differ.
+    chosen = candidates.candidate_record(ctx.run).get("1", {}).get("selected", "")
+    lrs = {candidates.candidate_name(1, lr): lr for lr in ctx.config.finetune_lrs}
+    finetune(
+        ctx, "erm", random_masks, "randmask", "randmask", 100, lrs.get(chosen, ctx.config.finetune_lrs[0])
+    )
 
 
 def stage_evaluate(ctx: Context) -> None:
@@ -406,8 +492,13 @@ def stage_evaluate(ctx: Context) -> None:
                 train_group_fractions=fractions,
             )
         ctx.run.save_predictions(split_name, arrays)
+        if split_name == "val" and "masktune" in trained:
+            metrics["verdict"] = candidates.run_verdict(
+                ctx.run, ctx.config.seed, arrays["probs_erm"], arrays["probs_masktune"], labels, groups
+            )
         ctx.progress.update((i + 1) / (len(bundle.eval_splits) + 1))
     save_train_predictions(ctx, trained)
+    metrics["candidates"] = candidates.candidate_metrics(ctx)
     metrics["dataset"] = summary
     write_json(ctx.run.file("metrics.json"), metrics)
 

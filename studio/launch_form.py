@@ -32,6 +32,9 @@ LABELS = {
     "optimizer": "Optimizer",
     "lr": "ERM learning rate",
     "finetune_lr": "Finetune learning rate",
+    "finetune_lrs": "Finetune learning rates (candidates)",
+    "finetune_selection": "Finetune choice",
+    "patience": "Early-stopping patience (epochs)",
     "cam_method": "Saliency method",
     "threshold_rule": "Mask threshold rule",
     "topk_percent": "Top-k %",
@@ -74,11 +77,20 @@ def dataset_choice(name: str) -> DatasetChoice:
     return DatasetChoice(
         name=name,
         description=info.description,
-        recipe={**config_lib.GENERIC_RECIPE, **info.defaults},
+        recipe=recipe_defaults(name),
         needs_data_dir=info.needs_data_dir,
         biased=is_biased,
         augmented_copies=base.builder.__module__ == digits.__name__,
     )
+
+
+def recipe_defaults(name: str) -> dict[str, Any]:
+    """The dataset's recipe for its own backbone, trained from scratch, with its finetune candidates."""
+    from masktune_core.recipes import recipe_for
+
+    recipe = recipe_for(name).as_dict()
+    recipe.setdefault("finetune_lrs", (recipe["finetune_lr"],))
+    return recipe
 
 
 def availability(name: str, data_dir: str | None, download: bool) -> tuple[bool, str]:
@@ -215,13 +227,12 @@ def experiment_form(choice: DatasetChoice, data_dir: str | None, download: bool)
         values["lr"] = left.number_input(
             LABELS["lr"], value=float(recipe["lr"]), step=0.001, format="%g", key=key("lr")
         )
-        values["finetune_lr"] = right.number_input(
-            LABELS["finetune_lr"],
-            value=float(recipe["finetune_lr"]),
-            step=0.0005,
-            format="%g",
-            key=key("finetune_lr"),
-            help="MaskTune finetunes exactly one epoch on the masked images at this learning rate.",
+        values["finetune_lrs"] = right.text_input(
+            LABELS["finetune_lrs"],
+            value=",".join(f"{lr:g}" for lr in recipe["finetune_lrs"]),
+            key=key("finetune_lrs"),
+            help="MaskTune finetunes one epoch on the masked images at each of these learning rates "
+            "(comma-separated) and keeps the best on val, or ERM when none beats it.",
         )
         with st.expander("Advanced"):
             values.update(_advanced_inputs(choice, key))
@@ -294,6 +305,18 @@ def _advanced_inputs(choice: DatasetChoice, key: Any) -> dict[str, Any]:
                 "selection",
                 config_lib.SELECTIONS,
                 "Keep the ERM epoch with the best validation accuracy, or the best worst-group accuracy.",
+            ),
+            number(
+                "patience",
+                int(choice.recipe["patience"]),
+                1,
+                "Stop ERM after this many epochs without a better val score (0: train every epoch).",
+            ),
+            select(
+                "finetune_selection",
+                config_lib.FINETUNE_SELECTIONS,
+                "val: keep the finetune candidate with the best val worst-group (else worst-class) accuracy, "
+                "or ERM when none beats it. none: one finetune at the first rate, kept (the paper).",
             ),
             select("schedule", config_lib.SCHEDULES),
             number("seed", DEFAULTS.seed, 1),

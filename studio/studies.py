@@ -59,6 +59,9 @@ def study_row(study: str, runs: list[Run], run_row: Callable[[Run], dict[str, An
     for key in ("erm_acc", "masktune_acc", "erm_wga", "masktune_wga"):
         values = [row[key] for row in finished if row.get(key) is not None]
         out[key] = sum(values) / len(values) if values else None
+    done = [run for run in runs if run.status().get("state") == "done"]
+    verdict = studies.study_verdict(studies.summarize(done, study)) if len(done) > 1 else None
+    out["verdict"] = verdict["label"] if verdict else None
     return out
 
 

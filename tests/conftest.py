@@ -18,6 +18,9 @@ TINY_RUN = {
     "batch_size": 64,
     "train_copies": 0,
     "randmask": True,
+    # Two finetune candidates chosen on val, so the candidate and verdict paths run in every page test.
+    "finetune_lrs": [0.01, 0.001],
+    "finetune_selection": "val",
     "name": "tiny",
     "seed": 0,
 }

@@ -61,6 +61,7 @@ def test_table_shows_the_headline_numbers_of_metrics_json(finished_store: RunSto
         expected = metrics["splits"][split][model]
         assert frame[f"{model}_acc"].iloc[0] == pytest.approx(100 * expected["accuracy"])
         assert frame[f"{model}_wga"].iloc[0] == pytest.approx(100 * expected["worst_group_accuracy"])
+    assert frame["verdict"].iloc[0] == metrics["verdict"]["label"]
     # The split is named once above the table and in every metric column's tooltip.
     assert any(f"worst-group accuracy on `{split}`" in c.value for c in at.caption)
     columns = json.loads(at.dataframe[0].proto.columns)

@@ -42,10 +42,10 @@ def test_empty_store_shows_the_form_and_explains_the_jobs_panel(empty_store: Run
 
 
 def test_the_form_holds_the_datasets_recipe_and_follows_a_dataset_change(empty_store: RunStore) -> None:
-    from masktune_core.data import get_dataset_info
+    from masktune_core.recipes import recipe_for
 
     at = open_launch()
-    recipe = get_dataset_info(DATASET).defaults
+    recipe = recipe_for(DATASET).as_dict()
     assert field(at, "number_input", "epochs").value == recipe["epochs"]
     assert field(at, "number_input", "lr").value == pytest.approx(recipe["lr"])
     assert field(at, "selectbox", "backbone").value == recipe["backbone"]
@@ -53,7 +53,7 @@ def test_the_form_holds_the_datasets_recipe_and_follows_a_dataset_change(empty_s
     assert field(at, "selectbox", "threshold_rule").value == recipe["threshold_rule"]
 
     at.selectbox(key="launch.dataset").set_value("waterbirds").run()
-    waterbirds = get_dataset_info("waterbirds").defaults
+    waterbirds = recipe_for("waterbirds").as_dict()
     assert field(at, "number_input", "epochs", "waterbirds").value == waterbirds["epochs"]
     assert field(at, "selectbox", "backbone", "waterbirds").value == waterbirds["backbone"]
     # waterbirds' recipe leaves the rule to the method's own mu + 2 sigma

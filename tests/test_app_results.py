@@ -150,3 +150,32 @@ def test_a_run_that_is_not_done_is_not_offered(finished_store: RunStore) -> None
     run.update_status(state="failed", error="boom")
     at = open_results(run=run.id)
     assert any("No finished run yet" in i.value for i in at.info)
+
+
+def test_the_verdict_comes_first_and_every_candidate_is_shown(finished_store: RunStore) -> None:
+    run = finished_store.list()[0]
+    metrics = run.metrics()
+    at = open_results(run=run.id)
+    verdict = metrics["verdict"]
+    shown = [*at.warning, *at.success, *at.info]
+    assert any(f"Verdict (judged on val): {verdict['label']}" in box.value for box in shown)
+    if verdict["kept_source"] or verdict["label"] == "hurt":
+        assert any("Recommendation: use the ERM model" in box.value for box in at.warning)
+    table = next(df.value for df in at.dataframe if "candidate" in df.value.columns)
+    assert list(table["candidate"]) == [c["name"] for c in metrics["candidates"]]
+    test = metrics["main_test_split"]
+    for row, candidate in zip(table.to_dict("records"), metrics["candidates"], strict=True):
+        assert row["kept"] == candidate["selected"]
+        assert row[f"{test} worst-group"] == pytest.approx(
+            round(100 * candidate["splits"][test]["worst_group_accuracy"], 1)
+        )
+
+
+def test_a_run_that_hurt_recommends_erm_in_a_warning(finished_store: RunStore) -> None:
+    run = finished_store.list()[0]
+    metrics = run.metrics()
+    metrics["verdict"].update(label="hurt", text="MaskTune hurt: -9.0 points.", kept_source=False)
+    (run.path / "metrics.json").write_text(json.dumps(metrics))
+    at = open_results(run=run.id)
+    assert "Verdict (judged on val): hurt" in at.warning[0].value
+    assert "Recommendation: use the ERM model" in at.warning[0].value

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from masktune_core.config import RECIPE_KEYS
 from masktune_core.data import DATASETS, DataOptions, build_dataset, dataset_availability, dataset_names
 from masktune_core.data.biased import MARGIN, square_slices
 from masktune_core.data.digits import affine_copies, load_digits_arrays
 from masktune_core.data.imageio import channel_stats, seeded_generator, stratified_split
 from masktune_core.errors import ConfigError
+from masktune_core.recipes import RECIPE_KEYS
 
 FAST = DataOptions(train_copies=1)
 
@@ -42,8 +42,8 @@ def test_registry_lists_every_dataset_with_a_recipe():
     }
     assert expected <= set(dataset_names())
     for name in expected:
-        assert set(DATASETS[name].defaults) <= set(RECIPE_KEYS), name
-        assert DATASETS[name].defaults["backbone"], name
+        assert set(DATASETS[name].recipe.as_dict()) <= set(RECIPE_KEYS), name
+        assert DATASETS[name].recipe.backbone, name
     assert dataset_availability("biased-digits", DataOptions())[0]
 
 
@@ -215,11 +215,12 @@ def test_biased_is_seeded(biased):
 
 
 def test_train_copies_come_from_the_recipe_unless_given():
-    from masktune_core.config import GENERIC_RECIPE, RunConfig
+    from masktune_core.config import RunConfig
+    from masktune_core.recipes import GENERIC
 
-    recipe = DATASETS["biased-digits"].defaults["train_copies"]
-    assert recipe != GENERIC_RECIPE["train_copies"]  # biased-digits sets its own
+    recipe = DATASETS["biased-digits"].recipe.train_copies
+    assert recipe != GENERIC.train_copies  # biased-digits sets its own
     assert RunConfig(dataset="biased-digits").resolved().data_options().train_copies == recipe
-    assert RunConfig(dataset="digits").resolved().train_copies == GENERIC_RECIPE["train_copies"]
+    assert RunConfig(dataset="digits").resolved().train_copies == GENERIC.train_copies
     given = RunConfig(dataset="biased-digits", train_copies=2).resolved()
     assert given.train_copies == given.data_options().train_copies == 2

@@ -17,7 +17,8 @@ import pytest
 from bench.reproduce import analysis, cost, markdown, selective_maths, stats
 from bench.reproduce import grid as study
 from masktune_core import selective as sel
-from masktune_core.config import RECIPE_KEYS, RunConfig
+from masktune_core.config import RunConfig
+from masktune_core.recipes import RECIPE_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 

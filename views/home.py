@@ -12,7 +12,7 @@ import streamlit as st
 
 from masktune_core.errors import MaskTuneError
 from masktune_core.runs import ACTIVE_STATES, Run
-from studio import charts, common, launch_form, runs_state
+from studio import charts, common, launch_form, runs_state, verdict_view
 from studio import studies as study_ui
 
 RESUMABLE = ("interrupted", "failed", "cancelled")
@@ -88,6 +88,7 @@ def table(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, Any], list[str], str
             "duration": charts.duration_text(common.run_duration(status)),
             "split": split,
             **{k: None if v is None else 100 * v for k, v in values.items()},
+            "verdict": verdict_view.verdict_label(common.metrics(run)),
         }
 
     groups = study_ui.grouped(runs)
@@ -118,11 +119,14 @@ def table(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, Any], list[str], str
         "masktune_wga": percent(
             "MaskTune worst-group", "MaskTune accuracy on its worst (class, attribute) group"
         ),
+        "verdict": st.column_config.TextColumn(
+            "Verdict (val)", help="Did MaskTune beat ERM? Judged on val with a bootstrap interval."
+        ),
     }
     order = ["name", "data", "state", "progress", "started", "duration"]
     if len(splits) > 1:
         order.append("split")
-    order += ["erm_acc", "masktune_acc", "erm_wga", "masktune_wga"]
+    order += ["erm_acc", "masktune_acc", "erm_wga", "masktune_wga", "verdict"]
     return frame[order], config, [row_id for row_id, _ in groups], where
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from masktune_core.runs import Run
-from studio import charts, common
+from studio import charts, common, verdict_view
 from studio import studies as study_ui
 
 st.title("Results")
@@ -253,6 +253,7 @@ def run_view(run: Run, key: str) -> None:
         st.warning("This run has no metrics.json; it did not reach the evaluate stage.")
         return
     models = models_of(metrics)
+    verdict_view.verdict_banner(metrics)
     headline(metrics, models)
 
     st.markdown("#### Accuracy by split")
@@ -263,6 +264,7 @@ def run_view(run: Run, key: str) -> None:
         with tab:
             split_section(split, metrics, models, key)
     st.caption("The ERM checkpoint was selected on `val`; the test splits are never used for any choice.")
+    verdict_view.candidates_table(metrics)
 
     st.markdown("#### Training")
     training_section(run, key)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from masktune_core.data.base import DataOptions, DatasetBundle, DatasetInfo, Split
 from masktune_core.errors import ConfigError
+from masktune_core.recipes import Recipe
 
 DATASETS: dict[str, DatasetInfo] = {}
 
@@ -15,11 +16,14 @@ def register(
     description: str,
     *,
     needs_data_dir: bool = False,
-    defaults: dict | None = None,
+    recipe: Recipe | None = None,
+    recipes: dict[str, Recipe] | None = None,
     availability: Callable[[DataOptions], tuple[bool, str]] | None = None,
 ) -> Callable[[Callable[[DataOptions], DatasetBundle]], Callable[[DataOptions], DatasetBundle]]:
     def wrap(builder: Callable[[DataOptions], DatasetBundle]) -> Callable[[DataOptions], DatasetBundle]:
-        DATASETS[name] = DatasetInfo(name, description, builder, needs_data_dir, defaults or {}, availability)
+        DATASETS[name] = DatasetInfo(
+            name, description, builder, needs_data_dir, recipe or Recipe(), recipes or {}, availability
+        )
         return builder
 
     return wrap

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from masktune_core.recipes import Recipe
+
 
 @dataclass
 class Split:
@@ -92,12 +94,15 @@ class DatasetBundle:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A registry entry. ``defaults`` holds the recipe (epochs, lr, ...) a run uses unless told otherwise."""
+    """A registry entry. ``recipe`` holds the options (epochs, lr, ...) a run uses unless told otherwise;
+    ``recipes`` refines it per training regime or backbone (keys ``scratch``, ``pretrained`` or
+    ``<backbone>/<regime>``; see masktune_core.recipes)."""
 
     name: str
     description: str
     builder: Callable[[DataOptions], DatasetBundle]
     needs_data_dir: bool
-    defaults: dict = field(default_factory=dict)
+    recipe: Recipe = field(default_factory=Recipe)
+    recipes: dict[str, Recipe] = field(default_factory=dict)
     # Returns (available, human-readable reason) without loading the data.
     availability: Callable[[DataOptions], tuple[bool, str]] | None = None

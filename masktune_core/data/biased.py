@@ -16,6 +16,7 @@ from masktune_core.data import build_dataset, dataset_availability, register
 from masktune_core.data.base import DataOptions, DatasetBundle, Split
 from masktune_core.data.imageio import channel_stats, cross_group_names, seeded_generator, to_rgb
 from masktune_core.errors import ConfigError
+from masktune_core.recipes import Recipe
 
 # px between the square and the image border. At 1 px the saliency maps of the small CNN peak on the
 # square's inner edges, 3-4 px off its centre, and a mask left about half of it visible (so the shortcut
@@ -125,7 +126,7 @@ def make_biased(base: DatasetBundle, name: str, options: DataOptions) -> Dataset
     )
 
 
-def _register(name: str, base_name: str, description: str, defaults: dict) -> None:
+def _register(name: str, base_name: str, description: str, recipe: Recipe) -> None:
     def build(options: DataOptions) -> DatasetBundle:
         # Fail before loading the base; square_size can only be checked against the base's image size.
         validate_square_options(options)
@@ -135,7 +136,7 @@ def _register(name: str, base_name: str, description: str, defaults: dict) -> No
         return dataset_availability(base_name, options)
 
     build.__name__ = f"build_{name.replace('-', '_')}"
-    register(name, description, defaults=defaults, availability=availability)(build)
+    register(name, description, recipe=recipe, availability=availability)(build)
 
 
 # (name, base dataset, description, recipe beyond the shared one below): the paper's small CNN recipe.
@@ -171,15 +172,19 @@ for _name, _base, _description, _recipe in _VARIANTS:
         _name,
         _base,
         _description,
-        {
-            "backbone": "small-cnn",
-            "batch_size": 128,
-            "lr": 0.01,
+        Recipe(
+            backbone="small-cnn",
+            batch_size=128,
+            lr=0.01,
             # The demo recipe was designed by looking at test_biased on seeds 0-9 (a demo must show the
             # effect every time); docs/results.md reports other seeds, so its numbers are not tuned on test.
-            "finetune_lr": 0.01,
-            "optimizer": "sgd",
-            "image_size": 28,
+            finetune_lr=0.01,
+            # The protocol's val split is drawn like train (99 % of class 0 with the square), so its
+            # minority groups hold one or two scans: too few to choose a finetune by. The finetune is the
+            # paper's (one, kept), and the verdict on val is reported with its interval.
+            finetune_selection="none",
+            optimizer="sgd",
+            image_size=28,
             **_recipe,
-        },
+        ),
     )

@@ -25,6 +25,7 @@ from masktune_core.data.imageio import (
     to_uint8,
 )
 from masktune_core.errors import ConfigError
+from masktune_core.recipes import Recipe
 
 DEFAULT_IMAGE_SIZE = 28
 TEST_FRACTION = 0.3
@@ -105,15 +106,15 @@ def _expanded(images: torch.Tensor, labels: torch.Tensor, copies: int, generator
 @register(
     "digits",
     "scikit-learn's 1,797 real 8x8 handwritten digits, upsampled, with random affine copies for training",
-    defaults={
-        "backbone": "small-cnn",
-        "epochs": 5,
-        "batch_size": 128,
-        "lr": 0.01,
-        "finetune_lr": 0.005,
-        "optimizer": "sgd",
-        "image_size": DEFAULT_IMAGE_SIZE,
-    },
+    recipe=Recipe(
+        backbone="small-cnn",
+        epochs=5,
+        batch_size=128,
+        lr=0.01,
+        finetune_lr=0.005,
+        optimizer="sgd",
+        image_size=DEFAULT_IMAGE_SIZE,
+    ),
 )
 def build_digits(options: DataOptions) -> DatasetBundle:
     """Stratified seeded test (30%) / val (15% of the rest) / train; train and val expanded with

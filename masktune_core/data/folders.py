@@ -26,12 +26,16 @@ from masktune_core.data.imageio import (
     stratified_split,
 )
 from masktune_core.errors import ConfigError, DataError
+from masktune_core.recipes import FROM_SCRATCH, Recipe
 
 DEFAULT_IMAGE_SIZE = 64
 SPLIT_NAMES = ("train", "val", "test")  # split codes 0, 1, 2
 IMAGEFOLDER_TEST_FRACTION = 0.2  # of the images, when the folder has no test/ split of its own
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
-_RESNET = {"backbone": "resnet18", "optimizer": "sgd", "image_size": DEFAULT_IMAGE_SIZE}
+_RESNET = Recipe(backbone="resnet18", optimizer="sgd", image_size=DEFAULT_IMAGE_SIZE)
+# The published recipes below are for a pretrained network; from scratch, every folder dataset trains
+# with Adam until validation stops improving (masktune_core.recipes.FROM_SCRATCH).
+_BY_REGIME = {"scratch": FROM_SCRATCH}
 
 
 @dataclass
@@ -153,7 +157,8 @@ def _waterbirds_availability(options: DataOptions) -> tuple[bool, str]:
     "waterbirds",
     "Waterbirds: birds on land or water backgrounds; group = (bird type, place)",
     needs_data_dir=True,
-    defaults={**_RESNET, "epochs": 30, "batch_size": 64, "lr": 0.001, "finetune_lr": 0.0001},
+    recipe=Recipe(epochs=30, batch_size=64, lr=0.001, finetune_lr=0.0001).over(_RESNET),
+    recipes=_BY_REGIME,
     availability=_waterbirds_availability,
 )
 def build_waterbirds(options: DataOptions) -> DatasetBundle:
@@ -273,7 +278,8 @@ def _celeba_table(layout: _CelebaLayout) -> ImageTable:
     "celeba",
     "CelebA faces: blond hair or not, spuriously tied to sex; group = (blond, male)",
     needs_data_dir=True,
-    defaults={**_RESNET, "epochs": 5, "batch_size": 128, "lr": 0.001, "finetune_lr": 0.0001},
+    recipe=Recipe(epochs=5, batch_size=128, lr=0.001, finetune_lr=0.0001).over(_RESNET),
+    recipes=_BY_REGIME,
     availability=_celeba_availability,
 )
 def build_celeba(options: DataOptions) -> DatasetBundle:
@@ -355,7 +361,8 @@ def _read_groups(root: Path, paths: list[Path]) -> np.ndarray:
     "imagefolder",
     "Your own images: one sub-folder per class (optionally train/ val/ test/), optional groups.csv",
     needs_data_dir=True,
-    defaults={**_RESNET, "epochs": 20, "batch_size": 64, "lr": 0.01, "finetune_lr": 0.001},
+    recipe=Recipe(epochs=20, batch_size=64, lr=0.01, finetune_lr=0.001).over(_RESNET),
+    recipes=_BY_REGIME,
     availability=_imagefolder_availability,
 )
 def build_imagefolder(options: DataOptions) -> DatasetBundle:

@@ -20,6 +20,7 @@ from masktune_core.data import register
 from masktune_core.data.base import DEFAULT_VAL_FRACTION, DataOptions, DatasetBundle, Split
 from masktune_core.data.imageio import carve_val, channel_stats, data_root, image_size, resize_images
 from masktune_core.errors import DataError
+from masktune_core.recipes import Recipe
 
 # Debian's dataset-fashion-mnist package (the gzipped IDX files torchvision would download).
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -30,14 +31,8 @@ _IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-_SMALL_CNN = {
-    "backbone": "small-cnn",
-    "batch_size": 128,
-    "lr": 0.01,
-    "finetune_lr": 0.005,
-    "optimizer": "sgd",
-}
-_VGG = {"backbone": "vgg", "batch_size": 128, "lr": 0.01, "finetune_lr": 0.001, "optimizer": "sgd"}
+_SMALL_CNN = Recipe(backbone="small-cnn", batch_size=128, lr=0.01, finetune_lr=0.005, optimizer="sgd")
+_VGG = Recipe(backbone="vgg", batch_size=128, lr=0.01, finetune_lr=0.001, optimizer="sgd")
 
 
 @dataclass(frozen=True)
@@ -52,7 +47,7 @@ class Source:
     split_style: str  # "train": ``train=True/False``; "split": ``split="train"/"test"``
     augment: str
     native_size: int
-    defaults: dict = field(default_factory=dict)
+    recipe: Recipe = field(default_factory=Recipe)
     debian_fallback: bool = False  # may read the gz files in FASHION_MNIST_SYSTEM_DIR
 
     @property
@@ -70,7 +65,7 @@ SOURCES: dict[str, Source] = {
         "train",
         "crop",
         28,
-        {**_SMALL_CNN, "epochs": 3, "image_size": 28},
+        Recipe(epochs=3, image_size=28).over(_SMALL_CNN),
     ),
     "fashion-mnist": Source(
         "FashionMNIST",
@@ -81,7 +76,7 @@ SOURCES: dict[str, Source] = {
         "train",
         "crop",
         28,
-        {**_SMALL_CNN, "epochs": 5, "image_size": 28},
+        Recipe(epochs=5, image_size=28).over(_SMALL_CNN),
         debian_fallback=True,
     ),
     "cifar10": Source(
@@ -101,7 +96,7 @@ SOURCES: dict[str, Source] = {
         "train",
         "crop-flip",
         32,
-        {**_VGG, "epochs": 30, "image_size": 32},
+        Recipe(epochs=30, image_size=32).over(_VGG),
     ),
     "svhn": Source(
         "SVHN",
@@ -112,7 +107,7 @@ SOURCES: dict[str, Source] = {
         "split",
         "crop",
         32,
-        {**_VGG, "epochs": 15, "image_size": 32},
+        Recipe(epochs=15, image_size=32).over(_VGG),
     ),
 }
 
@@ -238,6 +233,6 @@ def _builder(name: str) -> Callable[[DataOptions], DatasetBundle]:
 
 
 for _name, _source in SOURCES.items():
-    register(_name, _source.description, defaults=_source.defaults, availability=_availability(_source))(
+    register(_name, _source.description, recipe=_source.recipe, availability=_availability(_source))(
         _builder(_name)
     )

@@ -1,0 +1,140 @@
+"""Finetune candidates: which were trained, how one is chosen on val, and what the run reports of them.
+
+``candidates.json`` in the run holds, per MaskTune iteration, the source model (ERM, or the previous
+iteration), its val score, the mask effect, every candidate's settings and val score, and the one kept.
+The choice rule and the verdict are in masktune_core.verdict; this module keeps the bookkeeping.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from masktune_core import evaluate, masking, train, verdict
+from masktune_core.runs import Run, read_json
+
+if TYPE_CHECKING:
+    from masktune_core.pipeline import Context
+
+CANDIDATES_FILE = "candidates.json"
+
+
+def candidate_name(iteration: int, lr: float) -> str:
+    return f"masktune_{iteration}_lr{lr:g}"
+
+
+def candidate_record(run: Run) -> dict[str, Any]:
+    """candidates.json: per iteration, the source model's val score, the mask effect and every candidate."""
+    return read_json(run.file(CANDIDATES_FILE)) or {}
+
+
+def choose_candidate(entries: dict[str, Any], selection: str) -> str:
+    """The best candidate on val; with selection "val", the source model unless a candidate beats it."""
+    scored = [(verdict.Score(**c["val_score"]), c["name"]) for c in entries["candidates"]]
+    best_score, best_name = scored[0]
+    for score, name in scored[1:]:
+        if score.beats(best_score):
+            best_score, best_name = score, name
+    if selection == "val" and not best_score.beats(verdict.Score(**entries["source_score"])):
+        return entries["source"]
+    return best_name
+
+
+MASK_EFFECT_SAMPLES = 2048
+
+
+def mask_effect(ctx: Context, source: str, masks: torch.Tensor) -> dict[str, float]:
+    """The source model's training accuracy on original and on masked images (a fixed subsample).
+
+    Masks work when they hide what the model relies on, so its accuracy falls on masked images. A cue
+    spread over the whole image (a colour cast) survives any region mask, and the accuracy stays."""
+    split = ctx.bundle.splits["train"]
+    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(ctx.config.seed))
+    index = index[:MASK_EFFECT_SAMPLES]
+    images, labels = split.images[index], split.labels[index].numpy()
+    masked = masking.apply_masks(images, masks[index], fill=ctx.config.fill, mean=ctx.bundle.mean)
+    model = ctx.load_model(source)
+    accuracy = {}
+    for name, batch in (("original", images), ("masked", masked)):
+        probs = train.predict_probs(model, batch, batch_size=ctx.config.batch_size, device=ctx.device)
+        accuracy[name] = float((probs.argmax(1) == labels).mean())
+    return {
+        "train_accuracy_original": accuracy["original"],
+        "train_accuracy_masked": accuracy["masked"],
+        "n": len(index),
+    }
+
+
+def run_verdict(
+    run: Run,
+    seed: int,
+    erm: np.ndarray,
+    masktune: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+) -> dict[str, Any]:
+    """The verdict on val, with what a reader needs to trust it: which candidate was kept, and whether the
+    masks hid what ERM relied on."""
+    result = verdict.judge(erm, masktune, labels, groups, seed=seed)
+    first = candidate_record(run).get("1", {})
+    result["kept_source"] = first.get("selected") == first.get("source")
+    result["mask_effect"] = first.get("mask_effect")
+    notes = []
+    if result["kept_source"]:
+        notes.append(
+            "No finetune candidate beat ERM on val, so the run keeps ERM's weights as its MaskTune model."
+        )
+    effect = result["mask_effect"]
+    if effect and effect["train_accuracy_original"] - effect["train_accuracy_masked"] < MASK_EFFECT_MIN_DROP:
+        notes.append(
+            f"The masks hid little of what ERM relies on: its training accuracy is "
+            f"{effect['train_accuracy_original']:.1%} on original and {effect['train_accuracy_masked']:.1%} "
+            "on masked images. A cue spread over the whole image (a colour cast, a texture) cannot be "
+            "removed by masking a region."
+        )
+    result["notes"] = notes
+    return result
+
+
+# Below this drop in ERM's training accuracy, the masks did not hide what ERM uses (see mask_effect).
+MASK_EFFECT_MIN_DROP = 0.02
+
+
+def candidate_metrics(ctx: Context) -> list[dict[str, Any]]:
+    """Each finetune candidate's accuracy and worst-group accuracy on every eval split, and if it was kept."""
+    out = []
+    for iteration, entries in sorted(candidate_record(ctx.run).items()):
+        for candidate in entries["candidates"]:
+            model = ctx.load_model(candidate["name"])
+            splits = {}
+            for split_name in ctx.bundle.eval_splits:
+                split = ctx.bundle.splits[split_name]
+                probs = train.predict_probs(
+                    model, split.images, batch_size=ctx.config.batch_size, device=ctx.device
+                )
+                result = evaluate.accuracy_metrics(
+                    probs,
+                    split.labels.numpy(),
+                    None if split.groups is None else split.groups.numpy(),
+                    class_names=ctx.bundle.class_names,
+                    group_names=ctx.bundle.group_names,
+                    train_group_fractions=None,
+                )
+                splits[split_name] = {
+                    "accuracy": result["accuracy"],
+                    "worst_group_accuracy": result["worst_group_accuracy"],
+                    "worst_class_accuracy": min(c["accuracy"] for c in result["per_class"].values()),
+                }
+            out.append(
+                {
+                    "name": candidate["name"],
+                    "iteration": int(iteration),
+                    "settings": candidate["settings"],
+                    "val_score": candidate["val_score"],
+                    "selected": entries.get("selected") == candidate["name"],
+                    "splits": splits,
+                }
+            )
+    return out

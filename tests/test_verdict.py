@@ -1,0 +1,179 @@
+"""The method's choices on val: recipes by regime, finetune candidates, early stopping and the verdict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from masktune_core import candidates, pipeline, verdict
+from masktune_core.config import RunConfig
+from masktune_core.errors import ConfigError
+from masktune_core.recipes import FROM_SCRATCH, recipe_for
+
+
+def one_hot(predictions: np.ndarray, classes: int = 2) -> np.ndarray:
+    return np.eye(classes, dtype=np.float32)[predictions]
+
+
+def plain_worst(correct: np.ndarray, strata: np.ndarray) -> float:
+    return min(float(correct[strata == s].mean()) for s in set(strata.tolist()))
+
+
+# ---------------------------------------------------------------------- selection score
+def test_selection_score_is_worst_group_with_groups_and_worst_class_without() -> None:
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    groups = np.array([0, 1, 2, 2, 3, 3])
+    predictions = np.array([0, 1, 1, 1, 1, 0])
+    with_groups = verdict.selection_score(one_hot(predictions), labels, groups)
+    assert with_groups.metric == "worst_group_accuracy"
+    assert with_groups.value == plain_worst(predictions == labels, groups) == 0.0
+    assert with_groups.tie_break == pytest.approx(np.mean([1.0, 0.0, 1.0, 0.5]))
+    without = verdict.selection_score(one_hot(predictions), labels, None)
+    assert without.metric == "worst_class_accuracy"
+    assert without.value == pytest.approx(0.5)  # class 0: 1 of 2 right; class 1: 3 of 4
+    assert without.tie_break == pytest.approx(4 / 6)
+
+
+def test_ties_on_the_score_go_to_the_tie_break_then_to_the_source() -> None:
+    source = {"metric": "worst_group_accuracy", "value": 0.5, "tie_break": 0.7}
+    entries = {
+        "source": "erm",
+        "source_score": source,
+        "candidates": [
+            {"name": "a", "val_score": {**source, "tie_break": 0.6}},
+            {"name": "b", "val_score": {**source, "tie_break": 0.7}},  # equal to the source: not better
+        ],
+    }
+    assert candidates.choose_candidate(entries, "val") == "erm"
+    assert candidates.choose_candidate(entries, "none") == "b"
+    entries["candidates"].append({"name": "c", "val_score": {**source, "value": 0.51, "tie_break": 0.0}})
+    assert candidates.choose_candidate(entries, "val") == "c"
+
+
+# ---------------------------------------------------------------------- verdict
+def test_identical_models_get_no_clear_difference_with_a_zero_interval() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    groups = labels * 2 + rng.integers(0, 2, 400)
+    probs = one_hot(np.where(rng.random(400) < 0.8, labels, 1 - labels))
+    result = verdict.judge(probs, probs, labels, groups)
+    assert result["label"] == "no clear difference"
+    assert result["difference"] == 0.0
+    assert result["interval"] == [0.0, 0.0]
+    assert result["recommendation"] == "erm"
+
+
+@pytest.mark.parametrize(("better", "label"), [("masktune", "helped"), ("erm", "hurt")])
+def test_a_clear_gain_or_loss_in_the_worst_group_is_called(better: str, label: str) -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 300)
+    groups = labels * 2 + np.tile([0, 1], 300)
+    good = one_hot(np.where(rng.random(600) < 0.9, labels, 1 - labels))
+    # The weak model fails half of group 3 only: worst group 0.5 against about 0.9.
+    weak_predictions = good.argmax(1).copy()
+    weak_predictions[(groups == 3) & (rng.random(600) < 0.5)] = 0
+    weak = one_hot(weak_predictions)
+    erm, masktune = (weak, good) if better == "masktune" else (good, weak)
+    result = verdict.judge(erm, masktune, labels, groups, resamples=500)
+    assert result["label"] == label
+    expected = plain_worst(masktune.argmax(1) == labels, groups) - plain_worst(
+        erm.argmax(1) == labels, groups
+    )
+    assert result["difference"] == pytest.approx(expected)
+    low, high = result["interval"]
+    assert low <= result["difference"] <= high
+    assert result["recommendation"] == ("masktune" if label == "helped" else "erm")
+    assert label.split()[0] in result["text"].lower()
+
+
+def test_the_bootstrap_is_seeded() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 200)
+    a, b = one_hot(rng.integers(0, 2, 200)), one_hot(rng.integers(0, 2, 200))
+    assert verdict.judge(a, b, labels, None, seed=3) == verdict.judge(a, b, labels, None, seed=3)
+
+
+# ---------------------------------------------------------------------- recipes and config
+def test_recipes_are_keyed_by_regime_for_folder_datasets() -> None:
+    scratch = recipe_for("waterbirds", "small-cnn")
+    assert (scratch.optimizer, scratch.lr, scratch.patience) == (
+        "adam",
+        FROM_SCRATCH.lr,
+        FROM_SCRATCH.patience,
+    )
+    assert len(scratch.finetune_lrs) > 1
+    pretrained = recipe_for("waterbirds", "resnet50", pretrained="weights.pt")
+    assert (pretrained.optimizer, pretrained.lr, pretrained.finetune_lr) == ("sgd", 0.001, 0.0001)
+    assert recipe_for("biased-digits").finetune_selection == "none"
+
+
+def test_a_finetune_lr_given_alone_is_the_only_candidate_and_lists_parse() -> None:
+    assert RunConfig(dataset="digits", finetune_lr=0.02).resolved().finetune_lrs == (0.02,)
+    config = RunConfig.from_dict({"dataset": "digits", "finetune_lrs": "0.001, 0.0001"}).resolved()
+    assert config.finetune_lrs == (0.001, 0.0001)
+    assert json.loads(json.dumps(config.to_dict()))["finetune_lrs"] == [0.001, 0.0001]
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"finetune_lrs": "0.001,abc"}, "finetune_lrs"),
+        ({"finetune_lrs": "0.001,-1"}, "finetune_lrs"),
+        ({"finetune_lrs": ",".join(["0.001"] * 7)}, "finetune_lrs"),
+        ({"finetune_selection": "best"}, "finetune_selection"),
+        ({"patience": "-1"}, "patience"),
+    ],
+)
+def test_bad_method_options_are_refused_by_name(values: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict(values)
+    assert err.value.field == field
+
+
+# ---------------------------------------------------------------------- in a run
+@pytest.mark.slow
+def test_a_finished_run_keeps_every_candidate_and_its_verdict(finished_store) -> None:
+    import torch
+
+    run = finished_store.list()[0]
+    metrics = run.metrics()
+    candidates = metrics["candidates"]
+    assert [c["settings"]["finetune_lr"] for c in candidates] == [0.01, 0.001]
+    assert sum(c["selected"] for c in candidates) <= 1
+    for candidate in candidates:
+        assert set(candidate["splits"]) == set(metrics["splits"])
+    kept = json.loads(run.file("candidates.json").read_text())["1"]["selected"]
+    chosen = [c for c in candidates if c["selected"]]
+    assert kept == (chosen[0]["name"] if chosen else "erm")
+    final = torch.load(run.checkpoint_path("masktune"), weights_only=True)
+    source = torch.load(run.checkpoint_path(kept), weights_only=True)
+    assert all(torch.equal(final[k], source[k]) for k in final)
+    result = metrics["verdict"]
+    assert result["split"] == "val" and result["label"] in ("helped", "hurt", "no clear difference")
+    assert result["kept_source"] == (kept == "erm")
+    effect = result["mask_effect"]
+    assert 0 <= effect["train_accuracy_masked"] <= 1 and effect["n"] > 0
+
+
+def test_erm_stops_once_val_stops_improving(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from masktune_core.runs import RunStore
+
+    scores = iter([0.5, 0.6, 0.6, 0.55, 0.9])  # best at epoch 2; patience 2 ends ERM after epoch 4
+
+    def fake_scores(ctx, model):
+        return {"accuracy": next(scores), "worst_group_accuracy": None, "loss": 1.0}
+
+    monkeypatch.setattr(pipeline, "validation_scores", fake_scores)
+    monkeypatch.setattr(pipeline, "plan_stages", lambda config: [("erm", 5.0)])
+    config = RunConfig.from_dict(
+        {"dataset": "biased-digits", "epochs": 5, "patience": 2, "train_copies": 0, "batch_size": 256}
+    ).resolved()
+    run = RunStore(tmp_path).create(config.to_dict())
+    assert pipeline.execute(run)["state"] == "done"
+    epochs = [e for e in run.events() if e.get("kind") == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert [e["selected"] for e in epochs] == [True, True, False, False]
+    stops = [e for e in run.events() if e.get("kind") == "early_stop"]
+    assert [(e["epoch"], e["best_epoch"]) for e in stops] == [(4, 2)]
