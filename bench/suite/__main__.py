@@ -1,4 +1,4 @@
-"""Command line of the suite: ``generate``, ``run`` and ``report`` (see ``bench/suite/__init__.py``)."""
+"""Command line of the suite: ``generate``, ``run``, ``report``, and ``all`` (the three in turn)."""
 
 from __future__ import annotations
 
@@ -20,23 +20,25 @@ def _generate(args: argparse.Namespace) -> None:
     wanted = args.only.split(",") if args.only else [spec.name for spec in SPECS]
     unknown = sorted(set(wanted) - {spec.name for spec in SPECS})
     if unknown:
-        raise MaskTuneError(
-            f"only: unknown dataset {unknown[0]!r}; the suite has {', '.join(s.name for s in SPECS)}"
-        )
+        names = ", ".join(spec.name for spec in SPECS)
+        raise ConfigError("only", f"unknown dataset {unknown[0]!r}; the suite has {names}")
     for spec in SPECS:
         if spec.name not in wanted:
             continue
         start = time.perf_counter()
-        folder, written = generate(spec, Path(args.out), sizes, force=args.force)
+        folder, written = generate(spec, Path(args.data), sizes, force=args.force)
         counts = check(folder)
         state = "written" if written else "up to date"
         print(f"{spec.name}: {state} in {time.perf_counter() - start:.1f} s, {folder}; groups {counts}")
 
 
-def _run(args: argparse.Namespace) -> int:
-    folders = dataset_folders(Path(args.data), args.datasets.split(",") if args.datasets else None)
-    jobs = make_jobs(folders, parse_seeds(args.seeds), parse_variants(args.variants))
-    outcomes = run_jobs(jobs, Path(args.out), workers=args.workers)
+def _folders(args: argparse.Namespace) -> list[Path]:
+    return dataset_folders(Path(args.data), args.datasets.split(",") if args.datasets else None)
+
+
+def _run(args: argparse.Namespace, seeds: list[int]) -> int:
+    jobs = make_jobs(_folders(args), seeds, parse_variants(args.variants))
+    outcomes = run_jobs(jobs, Path(args.runs), workers=args.workers)
     failed = [name for name, outcome in outcomes.items() if not outcome.startswith(("done", "reused"))]
     if failed:
         print(f"{len(failed)} of {len(jobs)} runs did not finish: {', '.join(failed)}", file=sys.stderr)
@@ -44,19 +46,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace, argv: list[str]) -> None:
-    roles = {
-        role: parse_seeds(text, flag)
-        for role, text, flag in (
-            ("held-out", args.held_out_seeds, "held-out-seeds"),
-            ("tuning", args.tuning_seeds, "tuning-seeds"),
-        )
-        if text
-    }
+def _roles(args: argparse.Namespace) -> dict[str, list[int]]:
+    given = (
+        ("held-out", args.held_out_seeds, "held-out-seeds"),
+        ("tuning", args.tuning_seeds, "tuning-seeds"),
+    )
+    roles = {role: parse_seeds(text, flag) for role, text, flag in given if text}
     if not roles:
         raise ConfigError("seeds", "give --held-out-seeds and/or --tuning-seeds")
-    folders = dataset_folders(Path(args.data), args.datasets.split(",") if args.datasets else None)
-    suite = collect(folders, Path(args.runs), roles, parse_variants(args.variants))
+    return roles
+
+
+def _report(args: argparse.Namespace, argv: list[str]) -> None:
+    suite = collect(_folders(args), Path(args.runs), _roles(args), parse_variants(args.variants))
     page = render(suite, " ".join(["python -m bench.suite", *argv]))
     with atomic_path(args.out) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -65,46 +67,76 @@ def _report(args: argparse.Namespace, argv: list[str]) -> None:
     print(f"wrote {args.out}: {len(suite.results) - missing} runs found, {missing} not run")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _all(args: argparse.Namespace, argv: list[str]) -> int:
+    _generate(args)
+    roles = _roles(args)
+    status = _run(args, sorted({seed for seeds in roles.values() for seed in seeds}))
+    _report(args, argv)  # also after failed runs: the page marks them "not run"
+    return status
+
+
+def _generation_options(parser: argparse.ArgumentParser) -> None:
+    sizes = ",".join(str(DEFAULT_SIZES[split]) for split in ("train", "val", "test"))
+    parser.add_argument(
+        "--sizes", default=sizes, help="images in train,val,test (multiples of 4); %(default)s"
+    )
+    parser.add_argument("--only", help="comma-separated dataset names to generate (default: all)")
+    parser.add_argument("--force", action="store_true", help="rewrite datasets whose card already matches")
+
+
+def _selection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datasets", help="comma-separated dataset names (default: all under --data)")
+    variants = ", ".join(VARIANTS)
+    parser.add_argument(
+        "--variants", default="default", help=f"comma-separated, from: {variants}; %(default)s"
+    )
+
+
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--held-out-seeds", help="seeds that played no part in choosing settings")
+    parser.add_argument("--tuning-seeds", help="seeds that may have been looked at to choose settings")
+    parser.add_argument("--out", default="docs/suite.md", help="the page; default %(default)s")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="write the suite's datasets and read each back")
-    gen.add_argument("--out", required=True, help="folder that receives one sub-folder per dataset")
-    gen.add_argument(
-        "--sizes",
-        default=",".join(str(DEFAULT_SIZES[split]) for split in ("train", "val", "test")),
-        help="images in train,val,test (multiples of 4); default %(default)s",
-    )
-    gen.add_argument("--only", help="comma-separated dataset names (default: all)")
-    gen.add_argument("--force", action="store_true", help="rewrite datasets whose card already matches")
+    gen = commands.add_parser("generate", help="write the datasets and read each back")
+    gen.add_argument("--out", dest="data", required=True, help="the folder that receives the datasets")
+    _generation_options(gen)
     run = commands.add_parser("run", help="run every dataset x variant x seed through the product's CLI")
-    run.add_argument("--data", required=True, help="the folder generate wrote")
-    run.add_argument("--out", required=True, help="the run store (--runs-dir of every run)")
+    run.add_argument("--data", required=True, help="the folder of generated datasets")
+    run.add_argument("--out", dest="runs", required=True, help="the run store (--runs-dir of every run)")
     run.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; default %(default)s")
-    run.add_argument(
-        "--variants",
-        default="default",
-        help=f"comma-separated, from: {', '.join(VARIANTS)}; default %(default)s",
-    )
-    run.add_argument("--datasets", help="comma-separated dataset names (default: all under --data)")
-    run.add_argument("--workers", type=int, default=1, help="runs at a time (each single-threaded)")
-    report = commands.add_parser("report", help="write docs/suite.md from the runs")
-    report.add_argument("--data", required=True, help="the folder generate wrote")
+    run.add_argument("--workers", type=int, default=1, help="runs at a time, each single-threaded")
+    _selection_options(run)
+    report = commands.add_parser("report", help="write the page from the runs")
+    report.add_argument("--data", required=True, help="the folder of generated datasets")
     report.add_argument("--runs", required=True, help="the run store the runs went to")
-    report.add_argument("--held-out-seeds", help="seeds that played no part in choosing settings")
-    report.add_argument("--tuning-seeds", help="seeds that may have been looked at to choose settings")
-    report.add_argument("--variants", default="default", help="comma-separated; default %(default)s")
-    report.add_argument("--datasets", help="comma-separated dataset names (default: all under --data)")
-    report.add_argument("--out", default="docs/suite.md", help="default %(default)s")
+    _selection_options(report)
+    _report_options(report)
+    every = commands.add_parser("all", help="generate, run every seed of every role, then report")
+    every.add_argument("--data", required=True, help="the folder of generated datasets")
+    every.add_argument("--runs", required=True, help="the run store (--runs-dir of every run)")
+    every.add_argument("--workers", type=int, default=1, help="runs at a time, each single-threaded")
+    _generation_options(every)
+    _selection_options(every)
+    _report_options(every)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             _generate(args)
+        elif args.command == "run":
+            return _run(args, parse_seeds(args.seeds))
         elif args.command == "report":
             _report(args, argv)
         else:
-            return _run(args)
+            return _all(args, argv)
     except MaskTuneError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
