@@ -12,7 +12,9 @@ import numpy as np
 
 Renderer = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 
-PATCH_SIZE = 4  # px; the digits' box leaves a 4 px black margin at 32 px, so the patch never hides a stroke
+# px; the digits' box leaves a 4 px black margin at 32 px, so the patch seldom covers a stroke (only where an
+# affine copy shifted the digit, by up to 2 px, into the corner)
+PATCH_SIZE = 4
 PATCH_COLOR = np.array([1.0, 0.15, 0.1], dtype=np.float32)
 WARM_TINT = np.array([1.0, 0.55, 0.15], dtype=np.float32)
 COOL_TINT = np.array([0.15, 0.55, 1.0], dtype=np.float32)

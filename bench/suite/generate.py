@@ -123,7 +123,10 @@ def _draw(pools: dict[str, Pool], sizes: dict[str, int], rng: np.random.Generato
                 order[key] = rng.permutation(np.flatnonzero(pool.labels == label))
             start = taken.get(key, 0)
             if start + per_class > len(order[key]):
-                raise ConfigError("sizes", f"{split} needs {per_class} images of class {label}, too many")
+                left = len(order[key]) - start
+                raise ConfigError(
+                    "sizes", f"{split} needs {per_class} images of class {label}; {left} are left"
+                )
             chosen.append(order[key][start : start + per_class])
             taken[key] = start + per_class
         rows[split] = np.concatenate(chosen)
@@ -222,8 +225,8 @@ def generate(spec: Spec, out: Path, sizes: dict[str, int], force: bool = False) 
         existing = json.loads((target / CARD).read_text(encoding="utf-8"))
         if json.loads(json.dumps(existing.get("spec"))) == json.loads(json.dumps(expected)):
             return target, False
+    splits = build_splits(spec, sizes)  # before any folder is made: bad sizes leave nothing behind
     out.mkdir(parents=True, exist_ok=True)
-    splits = build_splits(spec, sizes)
     building = Path(tempfile.mkdtemp(prefix=f".{spec.name}.new-", dir=out))
     try:
         LAYOUTS[spec.layout][0](building, splits, spec.classes)
