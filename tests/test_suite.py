@@ -135,6 +135,15 @@ def test_report_on_a_fake_run_store(tmp_path: Path, suite_data: Path):
     tuning = page.split("### Tuning seeds 0")[1]
     assert "| `default` | 0 | – |" in tuning  # the topk run of seed 0 is not the default variant's
 
+    out = tmp_path / "suite.md"
+    argv = ["report", "--data", str(suite_data), "--runs", str(store.root), "--datasets", "patch-digits"]
+    argv += ["--held-out-seeds", "10,11,12", "--out", str(out)]
+    assert main(argv) == 0
+    written = out.read_text()
+    assert f"Regenerate: `python -m bench.suite {' '.join(argv)}`" in written
+    assert "| 35.0 ± 7.1 | 50.0 ± 0.0 | +15.0 ± 7.1 | 2 of 2 |" in written
+    assert main([*argv[:-4], "--out", str(out)]) == 2  # no seeds of either role
+
 
 def test_runner_reuses_finished_runs_and_runs_the_rest(tmp_path: Path, suite_data: Path, monkeypatch):
     folder = suite_data / "tint-fashion"
