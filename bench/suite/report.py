@@ -236,12 +236,20 @@ def _plateau(suite: Suite, name: str, seeds: list[int]) -> list[str]:
                     f"{plateau.best_loss:.3f} (epoch {plateau.best_epoch})",
                     f"{plateau.last_loss:.3f}",
                     f"{plateau.ratio:.2f}",
+                    str(plateau.epochs - plateau.best_epoch),
                 ]
             )
     if not rows:
         return []
     header = ["variant", "seed", "ERM epochs", "lowest val loss", "last val loss", "last / lowest"]
-    return ["ERM's val loss (mean cross-entropy on val) against its plateau:", "", *_table(header, rows), ""]
+    header.append("epochs after the lowest")
+    return [
+        "ERM's val loss (mean cross-entropy on val) against its plateau; 0 epochs after the lowest means it "
+        "was still falling when training stopped:",
+        "",
+        *_table(header, rows),
+        "",
+    ]
 
 
 def _candidates(suite: Suite, name: str, seeds: list[int]) -> list[str]:
@@ -323,7 +331,8 @@ def render(suite: Suite, command: str) -> str:
         "numbers, so it is also the mean of the group accuracies. ± is the sample standard deviation "
         "(n − 1) over seeds; a single seed says so. MaskTune − ERM is paired: the difference within each "
         "seed, then its mean ± std. Held-out seeds played no part in choosing settings; tuning seeds may "
-        "have.",
+        "have. Run time: the wall-clock seconds of the run's stages (data, ERM, masks, finetune, "
+        "evaluation), each run single-threaded; runs side by side or on a busy machine take longer.",
         "",
         *datasets_table(suite),
     ]
