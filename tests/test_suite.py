@@ -161,3 +161,31 @@ def test_runner_reuses_finished_runs_and_runs_the_rest(tmp_path: Path, suite_dat
     flags = jobs[1].flags()
     assert flags[flags.index("--backbone") + 1] == "small-cnn" and "--image-size" in flags
     assert runner.expected_config(jobs[1])["dataset"] == "celeba"
+
+
+def test_all_generates_runs_the_missing_jobs_and_reports(tmp_path: Path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(
+        runner, "_execute", lambda job, runs_dir, run: launched.append(job.name) or ("done", 1.0)
+    )
+    page = tmp_path / "suite.md"
+    argv = ["all", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--sizes", TINY]
+    argv += ["--only", "patch-digits", "--tuning-seeds", "0", "--held-out-seeds", "10", "--out", str(page)]
+    assert main(argv) == 0
+    assert (tmp_path / "data" / "patch-digits" / "card.json").is_file()
+    assert sorted(launched) == ["suite-patch-digits-default-s0", "suite-patch-digits-default-s10"]
+    assert "### Held-out seeds 10" in page.read_text() and "not run" in page.read_text()
+
+
+@pytest.mark.slow
+def test_a_real_run_is_found_again_by_its_config(tmp_path: Path, suite_data: Path):
+    """Through the product's CLI in a subprocess: the stored config must equal ``expected_config``."""
+    jobs = runner.make_jobs([suite_data / "patch-digits"], [0], ["topk"])
+    first = runner.run_jobs(jobs, tmp_path)
+    assert first[jobs[0].name].startswith("done"), first
+    second = runner.run_jobs(jobs, tmp_path)
+    assert second[jobs[0].name].startswith("reused"), second
+    suite = collect([suite_data / "patch-digits"], tmp_path, {"tuning": [0]}, ["topk"])
+    result = suite.results[("patch-digits", "topk", 0)]
+    assert result is not None and result.score("test", "masktune", "worst_group_accuracy") is not None
+    assert result.plateau is not None and result.seconds > 0
