@@ -125,7 +125,8 @@ def test_report_on_a_fake_run_store(tmp_path: Path, suite_data: Path):
     )
     assert "at least 5 points above it on 1" in summary
     assert (
-        "MaskTune helped (worst_group_accuracy on val, difference +0.200, interval [+0.100, +0.300])" in page
+        "MaskTune helped (worst_group_accuracy on val, ERM 0.400, MaskTune 0.600, difference +0.200, "
+        "interval [+0.100, +0.300])" in page
     )
     assert "| `default` | 12 | – |" in page and "not run" in page
     assert "| `default` | 10 | lr-1e-3 | finetune_lr=0.001 | **yes** | 61.0 | 80.0 | – | – |" in page

@@ -73,6 +73,8 @@ def verdict_text(verdict: dict[str, Any] | None) -> str:
     text = str(verdict.get("label", "?"))
     where = " on ".join(str(verdict[key]) for key in ("metric", "split") if verdict.get(key))
     extra = []
+    if all(isinstance(verdict.get(model), (int, float)) for model in MODELS):
+        extra.append(f"ERM {verdict['erm']:.3f}, MaskTune {verdict['masktune']:.3f}")
     if isinstance(verdict.get("difference"), (int, float)):
         extra.append(f"difference {verdict['difference']:+.3f}")
     interval = verdict.get("interval")
