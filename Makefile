@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PORT ?= 8501
 
-.PHONY: setup demo run app test test-fast lint format bench reproduce
+.PHONY: setup demo run app test test-fast lint format bench reproduce suite
 
 setup:
 	@bash scripts/setup.sh
@@ -37,3 +37,8 @@ bench: setup
 
 reproduce: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.reproduce --workers 2
+
+# The spurious-correlation suite: datasets in suite-data/, runs in suite-runs/, the page in docs/suite.md.
+suite: setup
+	OMP_NUM_THREADS=1 $(PY) -m bench.suite all --data suite-data --runs suite-runs \
+		--tuning-seeds 0,1,2 --held-out-seeds 10,11,12 --workers 2

@@ -1,0 +1,181 @@
+"""Run the product's CLI on every suite dataset, seed and variant, one subprocess per run.
+
+A variant is a name and the extra ``run`` flags it adds (``VARIANTS``). A run whose stored config equals the
+config the CLI would make for the same flags, and which finished, is reused; an interrupted or failed one is
+resumed. So a rerun only does what is missing, and a change of the product's defaults starts new runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.suite.generate import CARD, read_card
+from masktune_core.config import RunConfig
+from masktune_core.errors import ConfigError, DataError
+from masktune_core.runs import Run, RunStore
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_FLAGS = ("--backbone", "small-cnn", "--image-size", "32")
+# name -> the flags appended to BASE_FLAGS. "default" is the product's own defaults; the others are the
+# knobs the method study compares (each must be a flag ``python -m masktune_core run`` accepts).
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "finetune-lr-1e-3": ("--finetune-lr", "0.001"),
+    "adam": ("--optimizer", "adam", "--lr", "0.001"),
+    "mean+2std": ("--threshold-rule", "mean+2std"),
+    "topk": ("--threshold-rule", "topk"),
+}
+RESUMABLE = ("interrupted", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Job:
+    folder: Path  # a generated dataset (holds card.json)
+    dataset: str  # the product's --dataset name for its layout
+    variant: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"suite-{self.folder.name}-{self.variant}-s{self.seed}"
+
+    def flags(self) -> list[str]:
+        """The ``run`` flags of this job, without ``--runs-dir`` (the store is not part of the config)."""
+        return [
+            "--dataset",
+            self.dataset,
+            "--data-dir",
+            str(self.folder.resolve()),
+            *BASE_FLAGS,
+            "--seed",
+            str(self.seed),
+            "--name",
+            self.name,
+            *VARIANTS[self.variant],
+        ]
+
+
+def parse_seeds(text: str, field: str = "seeds") -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(seed < 0 for seed in seeds):
+        raise ConfigError(field, f"expected comma-separated whole numbers >= 0, got {text!r}")
+    return seeds
+
+
+def parse_variants(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise ConfigError(
+            "variants",
+            f"unknown variant {unknown[0] if unknown else text!r}; choose from {', '.join(VARIANTS)}",
+        )
+    return names
+
+
+def dataset_folders(data: Path, only: list[str] | None = None) -> list[Path]:
+    """The generated datasets under ``data`` (folders holding a card), sorted; DataError if none."""
+    if not data.is_dir():
+        raise DataError(
+            str(data), "suite data folder not found (write it with: python -m bench.suite generate)"
+        )
+    folders = sorted(path for path in data.iterdir() if (path / CARD).is_file())
+    if only:
+        missing = sorted(set(only) - {folder.name for folder in folders})
+        if missing:
+            raise DataError(str(data), f"no dataset {missing[0]!r} here")
+        folders = [folder for folder in folders if folder.name in only]
+    if not folders:
+        raise DataError(str(data), "holds no suite dataset (no sub-folder with card.json)")
+    return folders
+
+
+def make_jobs(folders: list[Path], seeds: list[int], variants: list[str]) -> list[Job]:
+    return [
+        Job(folder, read_card(folder)["dataset"], variant, seed)
+        for folder in folders
+        for variant in variants
+        for seed in seeds
+    ]
+
+
+def expected_config(job: Job) -> dict[str, Any]:
+    """The config ``python -m masktune_core run`` stores for ``job.flags()``: parsed by the CLI's own parser
+    and resolved as its ``run`` command does, so the comparison follows the product's defaults."""
+    from masktune_core.__main__ import build_parser
+
+    args = build_parser().parse_args(["run", *job.flags()])
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    values = {key: value for key, value in given.items() if value is not None}
+    return RunConfig.from_dict(values).resolved().to_dict()
+
+
+def find_run(runs: list[Run], config: dict[str, Any]) -> Run | None:
+    """The run made with exactly ``config``; a finished one first, then the newest."""
+    matches = [run for run in runs if run.config() == config]
+    matches.sort(key=lambda run: run.status().get("state") != "done")
+    return matches[0] if matches else None
+
+
+def _execute(job: Job, runs_dir: Path, existing: Run | None) -> tuple[str, float]:
+    """Run or resume one job in a subprocess; (state, wall seconds). Output goes to a log beside the runs."""
+    if existing is None:
+        command = ["run", *job.flags(), "--runs-dir", str(runs_dir)]
+    else:
+        command = ["resume", existing.id, "--runs-dir", str(runs_dir)]
+    logs = runs_dir / "suite-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    with open(logs / f"{job.name}.log", "a", encoding="utf-8") as log:
+        done = subprocess.run(
+            [sys.executable, "-m", "masktune_core", *command],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    return ("done" if done.returncode == 0 else f"exit {done.returncode}"), time.perf_counter() - start
+
+
+def run_jobs(jobs: list[Job], runs_dir: Path, workers: int = 1) -> dict[str, str]:
+    """Every job not finished yet, ``workers`` subprocesses at a time; job name -> outcome."""
+    if workers < 1:
+        raise ConfigError("workers", f"must be at least 1, got {workers}")
+    store = RunStore(runs_dir)
+    stored = store.list()
+    outcomes: dict[str, str] = {}
+    todo: list[tuple[Job, Run | None]] = []
+    for job in jobs:
+        run = find_run(stored, expected_config(job))
+        state = None if run is None else run.status().get("state")
+        if state == "done":
+            outcomes[job.name] = f"reused {run.id}"
+        elif state in (None, *RESUMABLE):
+            todo.append((job, run))
+        else:  # queued or running in a live process: another runner owns it
+            outcomes[job.name] = f"skipped: run {run.id} is {state} elsewhere"
+    for name, outcome in outcomes.items():
+        print(f"{name}: {outcome}", flush=True)
+
+    def work(item: tuple[Job, Run | None]) -> None:
+        job, run = item
+        state, seconds = _execute(job, runs_dir, run)
+        outcomes[job.name] = f"{state} in {seconds:.0f} s"
+        print(f"{job.name}: {outcomes[job.name]}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(work, todo))
+    return outcomes
