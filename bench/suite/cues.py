@@ -22,7 +22,9 @@ TINT_STRENGTH = (0.25, 0.4)  # share of every pixel replaced by the tint colour
 LAND = (np.array([0.45, 0.35, 0.15], dtype=np.float32), np.array([0.25, 0.45, 0.15], dtype=np.float32))
 WATER = (np.array([0.1, 0.25, 0.55], dtype=np.float32), np.array([0.2, 0.5, 0.75], dtype=np.float32))
 OBJECT_OPACITY = 4.0  # alpha = min(1, 4 * grey): a garment's darker inside still hides the background
-OBJECT_COLORS = (np.array([1.0, 0.6, 0.2], dtype=np.float32), np.array([0.3, 0.75, 1.0], dtype=np.float32))
+MARK_COLORS = (np.array([1.0, 0.6, 0.2], dtype=np.float32), np.array([0.3, 0.75, 1.0], dtype=np.float32))
+MARK_SIZE = 5  # px at 32 px, odd so the mark has a centre pixel
+MARK_ON_OBJECT = 0.3  # grey level above which a pixel belongs to the object
 
 
 def _grey_rgb(images: np.ndarray) -> np.ndarray:
@@ -77,19 +79,25 @@ def background(images: np.ndarray, cues: np.ndarray, rng: np.random.Generator) -
     return to_uint8(alpha * _grey_rgb(images) + (1 - alpha) * scene)
 
 
-def object_colour(images: np.ndarray, cues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The object's own pixels are coloured: cue 0 orange, cue 1 light blue; the background stays black.
-    No mask can hide this cue without hiding the object."""
-    n = len(images)
-    colours = np.where(
-        cues[:, None] == 1, _jitter(OBJECT_COLORS[1], n, rng), _jitter(OBJECT_COLORS[0], n, rng)
-    )
-    return to_uint8(images[..., None] * colours[:, None, None, :])
+def object_mark(images: np.ndarray, cues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A small coloured mark printed on the object itself, like a logo on a garment, at a random spot
+    inside the object: cue 0 an orange mark, cue 1 a light-blue one. It overlaps the object, so masking
+    it also hides part of the object."""
+    out = _grey_rgb(images)
+    n, size = len(images), images.shape[-1]
+    colours = np.where(cues[:, None] == 1, _jitter(MARK_COLORS[1], n, rng), _jitter(MARK_COLORS[0], n, rng))
+    half = MARK_SIZE // 2
+    for i in range(n):
+        # The mark's centre is a pixel of the object, away from the border so the whole mark fits.
+        inside = np.argwhere(images[i, half : size - half, half : size - half] > MARK_ON_OBJECT) + half
+        y, x = inside[rng.integers(len(inside))] if len(inside) else (size // 2, size // 2)
+        out[i, y - half : y + half + 1, x - half : x + half + 1, :] = colours[i]
+    return to_uint8(out)
 
 
 RENDERERS: dict[str, Renderer] = {
     "corner-patch": corner_patch,
     "colour-tint": colour_tint,
     "background": background,
-    "object-colour": object_colour,
+    "object-mark": object_mark,
 }
