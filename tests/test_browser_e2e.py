@@ -188,6 +188,8 @@ def test_launch_watch_reload_and_open_every_page(server: str, page, runs_dir: Pa
     split = metrics["main_test_split"]
     masktune = metrics["splits"][split]["masktune"]["accuracy"]
     wait_for_text(page, f"MaskTune accuracy · {split}")
+    # The verdict on val comes first, with the label metrics.json holds.
+    wait_for_text(page, f"Verdict (judged on val): {metrics['verdict']['label']}")
     values = page.locator("[data-testid='stMetricValue']").all_inner_texts()
     assert f"{100 * masktune:.1f}%" in values, values
     page.locator(".js-plotly-plot:visible").nth(2).wait_for(
