@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from masktune_core.config import CAM_METHODS
-from masktune_core.errors import ConfigError
+from masktune_core.config import check_choice
 from masktune_core.models import Classifier
 
 FAST_METHODS: tuple[str, ...] = ("xgradcam", "gradcam")
@@ -51,13 +50,6 @@ _XGRAD_EPS = 1e-7
 _SCALE_EPS = 1e-7
 
 
-def check_method(method: str) -> None:
-    if method not in CAM_METHODS:
-        raise ConfigError(
-            "cam_method", f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}"
-        )
-
-
 def compute_heatmaps(
     model: Classifier, images: Tensor, method: str = "xgradcam", fast: bool = True
 ) -> Tensor:
@@ -66,7 +58,7 @@ def compute_heatmaps(
     ``fast`` picks the fast path where one exists (``FAST_METHODS``); the other methods always go
     through pytorch-grad-cam. Both give the library's maps; the model comes back unchanged.
     """
-    check_method(method)
+    check_choice("cam_method", method)
     with _model_state_restored(model):
         if fast and method in FAST_METHODS:
             return _fast_heatmaps(model, images, method)

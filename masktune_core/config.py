@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ SELECTIONS = ("val_accuracy", "worst_group")
 DEVICES = ("auto", "cpu", "cuda")
 BAD_IMAGE_POLICIES = ("skip", "fail")
 SQUARE_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+Choices = tuple[str, ...] | Callable[[], tuple[str, ...]]
 
 # Options a dataset's recipe may set; anything the user leaves as None falls back to these.
 RECIPE_KEYS = (
@@ -45,49 +48,79 @@ GENERIC_RECIPE = {
     "finetune_lr": 0.001,
     "optimizer": "sgd",
     "threshold_rule": "mean+2std",
-    "train_copies": 8,
 }
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from masktune_core.data import dataset_names
+
+    return tuple(dataset_names())
+
+
+def _backbone_names() -> tuple[str, ...]:
+    from masktune_core.models import MODELS
+
+    return tuple(MODELS)
+
+
+def option(default: Any, help: str, *, choices: Choices | None = None) -> Any:
+    """A RunConfig field with its one line of help and, where it has them, its choices (a tuple, or a
+    function returning one for registries that import torch), so the CLI, the form and the validation
+    all read one list."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class RunConfig:
     """One experiment. ``None`` means "use the dataset's recipe" until ``resolved()`` fills it in."""
 
-    dataset: str = "biased-digits"
-    backbone: str | None = None
-    data_dir: str | None = None
-    image_size: int | None = None
-    download: bool = False
-    pretrained: str | None = None
+    dataset: str = option("biased-digits", "dataset to train on", choices=_dataset_names)
+    backbone: str | None = option(None, "network architecture", choices=_backbone_names)
+    data_dir: str | None = option(None, "folder holding the dataset's files (folder datasets, torchvision)")
+    image_size: int | None = option(None, "side of the square input images, in pixels")
+    download: bool = option(False, "allow torchvision datasets to download into --data-dir")
+    pretrained: str | None = option(None, "local file of pretrained backbone weights (state_dict)")
     # ERM
-    epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    selection: str = "val_accuracy"
+    epochs: int | None = option(None, "ERM training epochs")
+    batch_size: int | None = option(None, "images per training and prediction batch")
+    optimizer: str | None = option(None, "optimizer for ERM and the finetune", choices=OPTIMIZERS)
+    lr: float | None = option(None, "ERM learning rate")
+    momentum: float = option(0.9, "SGD momentum (SGD only)")
+    weight_decay: float = option(5e-4, "L2 weight decay")
+    schedule: str = option("cosine", "ERM learning-rate schedule", choices=SCHEDULES)
+    selection: str = option(
+        "val_accuracy",
+        "which ERM epoch to keep, by its val score (worst_group needs groups)",
+        choices=SELECTIONS,
+    )
     # MaskTune
-    finetune_lr: float | None = None
-    iterations: int = 1
-    cam_method: str = "xgradcam"
-    threshold_rule: str | None = None
-    topk_percent: float = 10.0
-    fill: str = "black"
-    randmask: bool = False
+    finetune_lr: float | None = option(None, "learning rate of the one masked finetune epoch")
+    iterations: int = option(1, "rounds of mask + finetune (1 is the method; up to 10)")
+    cam_method: str = option("xgradcam", "saliency method for the masks", choices=CAM_METHODS)
+    threshold_rule: str | None = option(None, "which heatmap pixels to mask", choices=THRESHOLD_RULES)
+    topk_percent: float = option(10.0, "percent of pixels the topk rule masks")
+    fill: str = option("black", "what masked pixels become", choices=FILLS)
+    randmask: bool = option(False, "also finetune on random masks of the same area (the control)")
     # dataset protocol
-    val_fraction: float | None = None  # None: the dataset's own default
-    bad_images: str = "skip"
-    square_size: int = 5
-    square_color: tuple[int, int, int] = (255, 0, 0)
-    square_position: str = "top-left"
-    bias_ratio: float = 0.99
-    train_copies: int | None = None
+    val_fraction: float | None = option(
+        None, "share of train held out as val (datasets without their own val split)"
+    )
+    bad_images: str = option(
+        "skip", "an unreadable image file is skipped or stops the run", choices=BAD_IMAGE_POLICIES
+    )
+    square_size: int = option(5, "side of the coloured square in pixels (biased datasets)")
+    square_color: tuple[int, int, int] = option(
+        (255, 0, 0), "colour of the square as R,G,B (biased datasets)"
+    )
+    square_position: str = option(
+        "top-left", "corner of the square (biased datasets)", choices=SQUARE_POSITIONS
+    )
+    bias_ratio: float = option(0.99, "share of class-0 train/val images with the square (biased datasets)")
+    train_copies: int | None = option(None, "random-affine copies of each training image (digits datasets)")
     # execution
-    seed: int = 0
-    device: str = "auto"
-    name: str | None = None
+    seed: int = option(0, "seed of the split, the initial weights, the batches and the squares")
+    device: str = option("auto", "where to train (auto: cuda if available)", choices=DEVICES)
+    name: str | None = option(None, "a readable name for the run (part of its id)")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -151,45 +184,28 @@ class RunConfig:
             square_color=tuple(self.square_color),
             square_position=self.square_position,
             bias_ratio=self.bias_ratio,
-            train_copies=GENERIC_RECIPE["train_copies"] if self.train_copies is None else self.train_copies,
+            # Only the datasets that make copies read this; their recipe always sets it.
+            train_copies=self.train_copies or 0,
         )
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         from masktune_core.data import get_dataset_info
-        from masktune_core.models import MODELS
 
-        get_dataset_info(self.dataset)  # raises ConfigError("dataset", ...) naming the choices
-        if self.backbone is not None and self.backbone not in MODELS:
-            raise ConfigError(
-                "backbone", f"unknown backbone {self.backbone!r}; choose one of {', '.join(MODELS)}"
-            )
+        info = get_dataset_info(self.dataset)  # raises ConfigError("dataset", ...) naming the choices
+        for f in fields(self):
+            if f.metadata.get("choices") is not None:
+                check_choice(f.name, getattr(self, f.name))
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         _positive_int("iterations", self.iterations, upper=10)
-        _positive_int("image_size", self.image_size, lower=8, upper=1024)
-        _positive_int("square_size", self.square_size)
-        _positive_int("train_copies", self.train_copies, lower=0, upper=64)
         _positive_int("seed", self.seed, lower=0, upper=2**31 - 1)
         _positive_float("lr", self.lr)
         _positive_float("finetune_lr", self.finetune_lr)
         _in_range("momentum", self.momentum, 0.0, 0.999)
         _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _in_range("topk_percent", self.topk_percent, 0.1, 99.9)
-        if self.val_fraction is not None:
-            _in_range("val_fraction", self.val_fraction, 0.01, 0.5)
-        _in_range("bias_ratio", self.bias_ratio, 0.5, 1.0)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("selection", self.selection, SELECTIONS)
-        _choice("cam_method", self.cam_method, CAM_METHODS)
-        _choice("threshold_rule", self.threshold_rule, THRESHOLD_RULES)
-        _choice("fill", self.fill, FILLS)
-        _choice("device", self.device, DEVICES)
-        _choice("bad_images", self.bad_images, BAD_IMAGE_POLICIES)
-        _choice("square_position", self.square_position, SQUARE_POSITIONS)
-        if len(self.square_color) != 3 or any(not 0 <= c <= 255 for c in self.square_color):
-            raise ConfigError("square_color", "needs three integers from 0 to 255, e.g. 255,0,0")
+        check_data_options(self.data_options(), info.defaults.get("image_size"))
         if self.data_dir is not None and not self.download and not Path(self.data_dir).is_dir():
             raise ConfigError(
                 "data_dir", f"{self.data_dir} is not a directory (pass --download to fetch data)"
@@ -198,6 +214,91 @@ class RunConfig:
             raise ConfigError("pretrained", f"{self.pretrained} is not a file")
         if self.name is not None and (len(self.name) > 80 or not self.name.strip()):
             raise ConfigError("name", "must be 1 to 80 characters")
+        self._refuse_ignored(info)
+
+    def _refuse_ignored(self, info: Any) -> None:  # info: DatasetInfo
+        """An option this dataset or optimizer would silently ignore is an error, so no run claims a
+        setting it never used. Options left at their default are not "given"."""
+        options = self.data_options()
+        if self.selection == "worst_group" and not info.has_groups(options):
+            raise ConfigError("selection", f"worst_group needs group labels, and {self.dataset} has none")
+        if self.train_copies is not None and not info.train_copies:
+            raise ConfigError(
+                "train_copies", f"{self.dataset} makes no affine copies (only the digits sets do)"
+            )
+        if self.val_fraction is not None and info.has_own_val(options):
+            raise ConfigError(
+                "val_fraction", f"{self.dataset} brings its own val split, so nothing is held out"
+            )
+        if not info.biased:
+            for name in ("square_size", "square_color", "square_position", "bias_ratio"):
+                if getattr(self, name) != _default(name):
+                    raise ConfigError(
+                        name, f"{self.dataset} has no coloured square (only the biased-* sets do)"
+                    )
+        if self.optimizer == "adam" and self.momentum != _default("momentum"):
+            raise ConfigError("momentum", "Adam takes no momentum (it applies to --optimizer sgd only)")
+
+
+def check_data_options(options: Any, default_image_size: int | None = None) -> None:
+    """ConfigError naming the first invalid data option (``options``: a DataOptions).
+
+    ``RunConfig.validate`` and ``build_dataset``, the data registry's entry point, both call it, so no
+    builder re-checks an option. The square must fit in half the image, whose size is ``image_size`` or
+    else the dataset's ``default_image_size``.
+    """
+    _positive_int("image_size", options.image_size, lower=8, upper=1024)
+    size = options.image_size or default_image_size
+    _positive_int("square_size", options.square_size, upper=None if size is None else size // 2)
+    _positive_int("train_copies", options.train_copies, lower=0, upper=64)
+    if options.val_fraction is not None:
+        _in_range("val_fraction", options.val_fraction, 0.01, 0.5)
+    _in_range("bias_ratio", options.bias_ratio, 0.5, 1.0)
+    color = options.square_color
+    if not (
+        isinstance(color, tuple | list)
+        and len(color) == 3
+        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
+    ):
+        raise ConfigError("square_color", f"needs three integers from 0 to 255, e.g. 255,0,0; got {color!r}")
+    check_choice("bad_images", options.bad_images)
+    check_choice("square_position", options.square_position)
+
+
+def _default(name: str) -> Any:
+    return RunConfig.__dataclass_fields__[name].default
+
+
+def option_choices(name: str) -> tuple[str, ...] | None:
+    """The allowed values of RunConfig field ``name``, or None for a free value."""
+    choices = RunConfig.__dataclass_fields__[name].metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def check_choice(name: str, value: str | None) -> None:
+    """ConfigError naming ``name`` unless ``value`` is None or one of the field's choices; the one check
+    every module's public entry point uses (cam methods, threshold rules, fills, ...)."""
+    choices = option_choices(name) or ()
+    if value is not None and value not in choices:
+        raise ConfigError(name, f"unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+def option_help(name: str) -> str:
+    """One line for ``--help`` and the form: what the field does, its default and its choices."""
+    f = RunConfig.__dataclass_fields__[name]
+    if f.default is None:
+        default = "dataset recipe" if name in RECIPE_KEYS else "none"
+        if name == "val_fraction":
+            default = "the dataset's own"
+    elif isinstance(f.default, bool):
+        default = "on" if f.default else "off"
+    elif isinstance(f.default, tuple):
+        default = ",".join(str(v) for v in f.default)
+    else:
+        default = str(f.default)
+    choices = option_choices(name)
+    text = f"{f.metadata['help']} (default: {default}"
+    return text + (f"; choices: {', '.join(choices)})" if choices else ")")
 
 
 # ---------------------------------------------------------------------- coercion helpers
@@ -263,11 +364,6 @@ def _positive_float(name: str, value: float | None) -> None:
 def _in_range(name: str, value: float, lower: float, upper: float) -> None:
     if not lower <= value <= upper:
         raise ConfigError(name, f"must be from {lower} to {upper}, got {value}")
-
-
-def _choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
-    if value is not None and value not in choices:
-        raise ConfigError(name, f"unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
 __all__ = ["RunConfig"]
