@@ -247,12 +247,14 @@ def studio_command(args: argparse.Namespace) -> list[str]:
     app = root / "app.py"
     if not app.is_file():
         raise MaskTuneError(f"{app}: not found; the dashboard runs from the source tree (pip install -e .)")
-    command = [sys.executable, "-m", "streamlit", "run", str(app)]
     config_file = root / ".streamlit" / "config.toml"
     settings = tomllib.loads(config_file.read_text()) if config_file.is_file() else {}
-    for section, values in settings.items():
-        command += [f"--{section}.{key}={value}" for key, value in values.items()]
-    return [*command, "--server.address=127.0.0.1", f"--server.port={args.port}"]
+    flags = {
+        f"{section}.{key}": value for section, values in settings.items() for key, value in values.items()
+    }
+    flags.update({"server.address": "127.0.0.1", "server.port": args.port})
+    values = {key: str(value).lower() if isinstance(value, bool) else value for key, value in flags.items()}
+    return [sys.executable, "-m", "streamlit", "run", str(app), *(f"--{k}={v}" for k, v in values.items())]
 
 
 def cmd_studio(args: argparse.Namespace) -> int:

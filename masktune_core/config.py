@@ -205,7 +205,7 @@ class RunConfig:
         _in_range("momentum", self.momentum, 0.0, 0.999)
         _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _in_range("topk_percent", self.topk_percent, 0.1, 99.9)
-        check_data_options(self.data_options(), info.defaults.get("image_size"))
+        check_data_options(self.data_options(), info)
         if self.data_dir is not None and not self.download and not Path(self.data_dir).is_dir():
             raise ConfigError(
                 "data_dir", f"{self.data_dir} is not a directory (pass --download to fetch data)"
@@ -240,19 +240,23 @@ class RunConfig:
             raise ConfigError("momentum", "Adam takes no momentum (it applies to --optimizer sgd only)")
 
 
-def check_data_options(options: Any, default_image_size: int | None = None) -> None:
-    """ConfigError naming the first invalid data option (``options``: a DataOptions).
+def check_data_options(options: Any, info: Any) -> None:
+    """ConfigError naming the first invalid data option (``options``: DataOptions, ``info``: the
+    dataset's DatasetInfo).
 
     ``RunConfig.validate`` and ``build_dataset``, the data registry's entry point, both call it, so no
-    builder re-checks an option. The square must fit in half the image, whose size is ``image_size`` or
-    else the dataset's ``default_image_size``.
+    builder re-checks an option. The square must fit in half the image: ``image_size``, or else the
+    dataset's recipe size.
     """
     _positive_int("image_size", options.image_size, lower=8, upper=1024)
-    size = options.image_size or default_image_size
-    _positive_int("square_size", options.square_size, upper=None if size is None else size // 2)
     _positive_int("train_copies", options.train_copies, lower=0, upper=64)
     if options.val_fraction is not None:
         _in_range("val_fraction", options.val_fraction, 0.01, 0.5)
+    check_choice("bad_images", options.bad_images)
+    if not info.biased:
+        return
+    size = options.image_size or info.defaults.get("image_size")
+    _positive_int("square_size", options.square_size, upper=None if size is None else size // 2)
     _in_range("bias_ratio", options.bias_ratio, 0.5, 1.0)
     color = options.square_color
     if not (
@@ -261,7 +265,6 @@ def check_data_options(options: Any, default_image_size: int | None = None) -> N
         and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
     ):
         raise ConfigError("square_color", f"needs three integers from 0 to 255, e.g. 255,0,0; got {color!r}")
-    check_choice("bad_images", options.bad_images)
     check_choice("square_position", options.square_position)
 
 

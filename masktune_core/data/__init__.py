@@ -57,7 +57,7 @@ def build_dataset(name: str, options: DataOptions) -> DatasetBundle:
     from masktune_core.config import check_data_options
 
     info = get_dataset_info(name)
-    check_data_options(options, info.defaults.get("image_size"))
+    check_data_options(options, info)
     return info.builder(options)
 
 
