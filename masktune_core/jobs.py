@@ -121,17 +121,17 @@ def cancel(run: Run, *, grace_s: float = CANCEL_GRACE_S, wait: bool = False) -> 
     """Stop a queued or running run: SIGTERM to its job, then SIGKILL if it is still alive after
     ``grace_s`` seconds (in a background thread, so a page does not block; ``wait`` joins it).
 
-    Only the pid status.json records for this run is signalled, checked against its kernel start time,
-    and never this process or its process group: a run created here (a dashboard's queued run before its
-    job starts, a CLI run) lists this process until a job takes it over. If the job dies before it can
-    say so, the ``cancel_requested`` mark makes the run read as cancelled.
+    Only the pid status.json records for this run is signalled, checked against its kernel start time;
+    never this process (a run created here, such as a dashboard's queued run before its job starts,
+    lists this process until a job takes it over) and never this process's group. If the job dies
+    before it can say so, the ``cancel_requested`` mark makes the run read as cancelled.
     """
     with _start_lock(run):
         status = run.raw_status()
         if status.get("state") not in ACTIVE_STATES:
             return
         pid, pid_start = status.get("pid"), status.get("pid_start")
-        if not process_alive(pid, pid_start) or not _signallable(pid):
+        if not process_alive(pid, pid_start) or pid == os.getpid():
             run.update_status(state="cancelled", error="cancelled by the user", finished=now_iso())
             return
         run.update_status(cancel_requested=True)
@@ -142,19 +142,12 @@ def cancel(run: Run, *, grace_s: float = CANCEL_GRACE_S, wait: bool = False) -> 
         escalation.join()
 
 
-def _signallable(pid: int) -> bool:
-    """False for this process and anything in its process group (the server, the terminal's shell)."""
-    try:
-        return pid != os.getpid() and os.getpgid(pid) != os.getpgrp()
-    except ProcessLookupError:
-        return False
-
-
 def _signal_job(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        # A job started here leads its own process group (its workers included); a CLI run in a terminal
-        # does not, and signalling its group would hit the shell.
-        if os.getpgid(pid) == pid:
+        # A job started here leads its own process group (its workers included): signal the group. A CLI
+        # run in a terminal may not lead one, and a group this process belongs to (the server's, the
+        # shell's) is never signalled whole: then the job's pid alone.
+        if os.getpgid(pid) == pid != os.getpgrp():
             os.killpg(pid, sig)
         else:
             os.kill(pid, sig)
