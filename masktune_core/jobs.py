@@ -117,9 +117,10 @@ def _spawn(run: Run, store: RunStore) -> None:
     run.update_status(pid=process.pid, pid_start=process_start_time(process.pid))
 
 
-def cancel(run: Run, *, grace_s: float = CANCEL_GRACE_S, wait: bool = False) -> None:
+def cancel(run: Run, *, grace_s: float | None = None, wait: bool = False) -> None:
     """Stop a queued or running run: SIGTERM to its job, then SIGKILL if it is still alive after
-    ``grace_s`` seconds (in a background thread, so a page does not block; ``wait`` joins it).
+    ``grace_s`` seconds (default ``CANCEL_GRACE_S``), in a background thread so a page does not block
+    (``wait`` joins it).
 
     Only the pid status.json records for this run is signalled, checked against its kernel start time;
     never this process (a run created here, such as a dashboard's queued run before its job starts,
@@ -136,6 +137,7 @@ def cancel(run: Run, *, grace_s: float = CANCEL_GRACE_S, wait: bool = False) -> 
             return
         run.update_status(cancel_requested=True)
     _signal_job(pid, signal.SIGTERM)
+    grace_s = CANCEL_GRACE_S if grace_s is None else grace_s
     escalation = threading.Thread(target=_kill_after, args=(run, pid, pid_start, grace_s), daemon=True)
     escalation.start()
     if wait:

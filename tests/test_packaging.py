@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from masktune_core import __main__ as cli
-from masktune_core.config import RunConfig, option_choices
+from masktune_core.config import RunConfig, option_choices, option_help
+from masktune_core.data import dataset_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,6 +23,20 @@ def help_text(*argv: str, capsys: pytest.CaptureFixture[str]) -> str:
         cli.main([*argv, "--help"])
     assert exit_.value.code == 0
     return " ".join(capsys.readouterr().out.split())  # argparse wraps lines; compare words
+
+
+def test_every_field_has_help_with_its_default() -> None:
+    for f in dataclasses.fields(RunConfig):
+        assert f.metadata.get("help"), f"RunConfig.{f.name} has no help"
+        assert "(default: " in option_help(f.name), f.name
+
+
+def test_help_lists_the_registries_and_the_choice_lists() -> None:
+    assert set(dataset_names()) <= set(option_choices("dataset"))
+    for name in ("dataset", "backbone", "cam_method", "threshold_rule", "fill"):
+        text = option_help(name)
+        assert all(choice in text for choice in option_choices(name)), name
+    assert "dataset recipe" in option_help("epochs")
 
 
 def test_the_console_script_is_declared_and_exists() -> None:

@@ -399,7 +399,9 @@ def test_cancel_of_a_dead_job_records_cancelled_and_start_refuses_an_active_one(
 
 
 # ---------------------------------------------------------------------- cancel escalation
-def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(store: RunStore) -> None:
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Injected: a job process that ignores SIGTERM (as one stuck in a system call never reaches the
     point where it checks its stop flag). Kept: cancel kills it after the grace period and the run reads
     as cancelled."""
@@ -412,11 +414,12 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(store: RunS
         assert stubborn.stdout.readline().strip() == "ready"
         run = store.create(RunConfig().resolved().to_dict())
         run.update_status(state="running", pid=stubborn.pid, pid_start=process_start_time(stubborn.pid))
+        monkeypatch.setattr(jobs, "CANCEL_GRACE_S", 0.5, raising=False)
         started = time.monotonic()
-        jobs.cancel(run, grace_s=0.5, wait=True)
+        jobs.cancel(run)
         assert stubborn.wait(timeout=30) == -signal.SIGKILL
         assert time.monotonic() - started >= 0.5
-        assert run.status()["state"] == "cancelled"
+        wait_for(lambda: run.status()["state"] == "cancelled", "the run to read cancelled")
     finally:
         stubborn.kill()
         stubborn.wait()
@@ -430,7 +433,7 @@ def test_cancel_never_signals_its_own_process_group(tmp_path: Path) -> None:
         "import sys; from masktune_core import jobs; from masktune_core.config import RunConfig; "
         "from masktune_core.runs import RunStore; "
         "run = RunStore(sys.argv[1]).create(RunConfig().resolved().to_dict()); "
-        "jobs.cancel(run, grace_s=0.5, wait=True); print('alive', run.status()['state'])"
+        "jobs.cancel(run); print('alive', run.status()['state'])"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
