@@ -59,6 +59,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     return root, cli("run", *TINY_FLAGS, "--name", "cli contract", "--runs-dir", str(root))
 
 
+@pytest.mark.slow  # the module's `finished` fixture trains a run
 def test_run_prints_progress_headline_and_the_run_dir_last(
     finished: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -75,6 +76,7 @@ def test_run_prints_progress_headline_and_the_run_dir_last(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the module's `finished` fixture trains a run
 def test_list_and_show_report_the_finished_run(
     finished: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -101,6 +103,7 @@ def test_list_and_show_report_the_finished_run(
     assert text.returncode == 0 and f"run {run_id}" in text.stdout and "state done" in text.stdout
 
 
+@pytest.mark.slow  # the module's `finished` fixture trains a run
 def test_resume_of_a_done_run_changes_nothing(
     finished: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:

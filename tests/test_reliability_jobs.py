@@ -183,6 +183,7 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.slow  # trains runs end to end in job processes
 @pytest.mark.parametrize(("point", "stage", "done_before"), KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
 def test_sigkill_in_stage_then_resume_matches_an_uninterrupted_run(
     reference: Run, image_dir: Path, tmp_path: Path, point: str, stage: str, done_before: list[str]
@@ -274,6 +275,7 @@ class Sampler:
         wait_for(lambda: all(r.status()["state"] not in ACTIVE_STATES for r in self.runs), "the jobs", self)
 
 
+@pytest.mark.slow  # trains runs end to end in job processes
 def test_one_slot_runs_jobs_in_turn_and_a_cancel_while_queued_sticks(
     store: RunStore, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,6 +301,7 @@ def test_one_slot_runs_jobs_in_turn_and_a_cancel_while_queued_sticks(
     assert show_json(third)["status"]["state"] == "cancelled"
 
 
+@pytest.mark.slow  # trains runs end to end in job processes
 def test_two_slots_run_two_jobs_at_once(
     store: RunStore, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -314,6 +317,7 @@ def test_two_slots_run_two_jobs_at_once(
         assert run.metrics()["splits"]["test"]["masktune"]["accuracy"] is not None
 
 
+@pytest.mark.slow  # trains runs end to end in job processes
 def test_a_killed_job_reads_interrupted_after_a_restart_and_resumes_once(
     store: RunStore, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -444,6 +448,7 @@ def test_cancel_never_signals_its_own_process_group(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- a launcher in another folder
+@pytest.mark.slow  # trains a run end to end in a job process
 def test_a_job_launched_from_another_folder_runs_to_done(tmp_path: Path) -> None:
     """Injected: the launcher the dashboard uses, started from an unrelated working directory with a
     relative runs folder and no PYTHONPATH (as `streamlit run /path/to/app.py` from elsewhere would be).
