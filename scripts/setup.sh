@@ -25,8 +25,10 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-dev.txt
   # Editable: the dashboard runs app.py and views/ from this tree. The pinned requirements are already
-  # in; setuptools comes with them, so the build needs no download of its own.
-  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  # in; setuptools comes with them, so the build needs no download of its own. The warning silenced is
+  # setuptools' notice that a folder named like a package in the working directory wins imports: here
+  # that folder is the package itself.
+  PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
