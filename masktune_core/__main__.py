@@ -257,14 +257,12 @@ def studio_command(args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(app), *(f"--{k}={v}" for k, v in values.items())]
 
 
-def cmd_studio(args: argparse.Namespace) -> int:
+def cmd_studio(args: argparse.Namespace) -> NoReturn:
     if args.runs_dir:
         os.environ["MASKTUNE_RUNS_DIR"] = os.path.abspath(args.runs_dir)
-    os.environ["PYTHONPATH"] = jobs.job_environment()["PYTHONPATH"]
     command = studio_command(args)
     sys.stdout.flush()
     os.execv(command[0], command)  # the server replaces this process, so Ctrl+C reaches it directly
-    return 0  # not reached
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,7 +64,7 @@ def run_picker(
         wanted = " or ".join(states) if states else "any"
         where.info(
             f"No run in state {wanted} yet. Start one on the **Launch** page "
-            "(or `python -m masktune_core run`)."
+            "(or `masktune run`)."
         )
         return None
     ids = [r.id for r in runs]
