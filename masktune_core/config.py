@@ -12,9 +12,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from masktune_core.errors import ConfigError
+
+if TYPE_CHECKING:  # the data registry imports torch; config stays import-light
+    from masktune_core.data.base import DataOptions, DatasetInfo
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "none")
@@ -170,7 +173,7 @@ class RunConfig:
         config.validate()
         return config
 
-    def data_options(self):  # -> DataOptions (imported lazily to keep config import-light)
+    def data_options(self) -> DataOptions:
         from masktune_core.data import DataOptions
 
         return DataOptions(
@@ -216,7 +219,7 @@ class RunConfig:
             raise ConfigError("name", "must be 1 to 80 characters")
         self._refuse_ignored(info)
 
-    def _refuse_ignored(self, info: Any) -> None:  # info: DatasetInfo
+    def _refuse_ignored(self, info: DatasetInfo) -> None:
         """An option this dataset or optimizer would silently ignore is an error, so no run claims a
         setting it never used. Options left at their default are not "given"."""
         options = self.data_options()
@@ -240,9 +243,8 @@ class RunConfig:
             raise ConfigError("momentum", "Adam takes no momentum (it applies to --optimizer sgd only)")
 
 
-def check_data_options(options: Any, info: Any) -> None:
-    """ConfigError naming the first invalid data option (``options``: DataOptions, ``info``: the
-    dataset's DatasetInfo).
+def check_data_options(options: DataOptions, info: DatasetInfo) -> None:
+    """ConfigError naming the first invalid data option of the dataset ``info`` describes.
 
     ``RunConfig.validate`` and ``build_dataset``, the data registry's entry point, both call it, so no
     builder re-checks an option. The square must fit in half the image: ``image_size``, or else the
