@@ -89,6 +89,7 @@ def _spawn(run: Run, store: RunStore) -> None:
     run.update_status(state="queued", error=None, cancel_requested=False, queued_at=now_iso())
     command = [
         sys.executable,
+        "-P",  # no working directory on sys.path: the package comes from PYTHONPATH (job_environment)
         "-m",
         "masktune_core",
         "resume",

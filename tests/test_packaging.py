@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from masktune_core import __main__ as cli
+from masktune_core import jobs
 from masktune_core.config import RunConfig, option_choices, option_help
 from masktune_core.data import dataset_names
+from masktune_core.runs import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,3 +82,16 @@ def test_studio_serves_the_app_beside_the_package_on_localhost() -> None:
     assert "--server.address=127.0.0.1" in command and "--server.port=8765" in command
     # The project's Streamlit settings travel as flags, so they hold whatever folder it starts from.
     assert "--server.maxUploadSize=10" in command
+
+
+def test_a_job_imports_the_launchers_package_whatever_the_working_directory(
+    empty_store: RunStore, spawned: list[list[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The job process gets this package's root first on PYTHONPATH and no working directory on
+    sys.path (``-P``), so a folder named like the package where the server was started cannot win.
+    The end-to-end version: test_reliability_jobs.py::test_a_job_launched_from_another_folder_runs_to_done."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    jobs.submit(empty_store, RunConfig.from_dict({"train_copies": 0, "epochs": 1}))
+    assert spawned[0][1:4] == ["-P", "-m", "masktune_core"]
+    assert jobs.job_environment()["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
