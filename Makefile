@@ -39,4 +39,4 @@ bench: setup
 	$(PY) bench/masks.py --quick && $(PY) bench/pipeline.py && $(PY) bench/selective.py && $(PY) bench/dashboard.py
 
 reproduce: setup
-	OMP_NUM_THREADS=1 $(PY) bench/reproduce.py --workers 2
+	OMP_NUM_THREADS=1 $(PY) -m bench.reproduce --workers 2

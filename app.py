@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from studio.common import PAGES, assets_dir, runs_dir_label
+from studio.common import PAGES, TITLES, assets_dir, runs_dir_label
 
 st.set_page_config(
     page_title="MaskTune Studio",
@@ -13,14 +13,16 @@ st.set_page_config(
 )
 st.logo(str(assets_dir() / "logo.png"), size="large", icon_image=str(assets_dir() / "mark.png"))
 
-# (key in PAGES, title, icon, url path); url paths are fixed so deep links survive renaming a file.
-NAVIGATION = (
-    ("runs", "Runs", ":material/table_rows:", "runs"),
-    ("launch", "Launch", ":material/rocket_launch:", "launch"),
-    ("results", "Results", ":material/monitoring:", "results"),
-    ("masks", "Masks", ":material/grid_view:", "masks"),
-    ("selective", "Selective classification", ":material/tune:", "selective"),
-    ("try", "Try an image", ":material/add_photo_alternate:", "try"),
+# The page scripts live in views/, not pages/: with a pages/ folder Streamlit serves the first request of a
+# fresh server by its file-based routing, bypassing st.navigation (seen in a browser).
+# (key in PAGES, url path); url paths are fixed so deep links survive renaming a file.
+URL_PATHS = (
+    ("runs", "runs"),
+    ("launch", "launch"),
+    ("results", "results"),
+    ("masks", "masks"),
+    ("selective", "selective"),
+    ("try", "try"),
 )
 
 
@@ -33,8 +35,8 @@ page = st.navigation(
     [
         st.Page(start, title="MaskTune Studio", url_path="start", default=True, visibility="hidden"),
         *(
-            st.Page(PAGES[key], title=title, icon=icon, url_path=url_path)
-            for key, title, icon, url_path in NAVIGATION
+            st.Page(PAGES[key], title=TITLES[key][0], icon=TITLES[key][1], url_path=url_path)
+            for key, url_path in URL_PATHS
         ),
     ]
 )

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_model  # noqa: E402
 from masktune_core.cam import compute_heatmaps  # noqa: E402
 from masktune_core.models import build_model  # noqa: E402
 
@@ -47,16 +47,6 @@ FULL_GRID = [
 QUICK_GRID = [("small-cnn", 28, 128), ("resnet18", 32, 128), ("resnet50", 64, 128)]
 WARMUP = 1
 REPEATS, QUICK_REPEATS = 5, 3
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(backbone: str, size: int, batch: int, warmup: int, repeats: int) -> dict:

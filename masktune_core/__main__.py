@@ -1,4 +1,4 @@
-"""Command line: ``masktune {run,resume,list,show,cancel,studio}`` (also ``python -m masktune_core ...``).
+"""Command line: ``masktune {run,resume,list,show,cancel,report,studio}`` (or ``python -m masktune_core``).
 
 Each subcommand is one ``Command`` in ``COMMANDS``: its help line, a function adding its options and a
 function running it. Bad input prints one line on stderr naming the field or file, exits 2 and leaves no
@@ -17,9 +17,10 @@ import tomllib
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from masktune_core import jobs
+from masktune_core import jobs, studies
 from masktune_core.config import RunConfig, option_help
 from masktune_core.errors import MaskTuneError
+from masktune_core.report import command as report_command
 from masktune_core.runs import Run, RunStore, default_runs_dir
 
 
@@ -84,6 +85,9 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", help="JSON file of options; flags given beside it override it (default: none)"
     )
+    parser.add_argument(
+        "--seeds", default=None, help="e.g. 0,1,2: one run per seed, as one seed study (default: one run)"
+    )
     _runs_dir_flag(parser)
 
 
@@ -95,6 +99,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in given.items() if v is not None})
     config = RunConfig.from_dict(values).resolved()
     store = _store(args)
+    if args.seeds is None:
+        return _run_one(store, config)
+    configs = studies.seed_configs(config, studies.parse_seeds(args.seeds))
+    codes = [_run_one(store, one) for one in configs]
+    print(f"study {configs[0].study}")
+    return max(codes)
+
+
+def _run_one(store: RunStore, config: RunConfig) -> int:
     run = store.create(config.to_dict())
     status = jobs.work_on(run, store, queue=False, should_stop=jobs.stop_on_sigterm(), echo=_echo)
     if status["state"] == "failed" and status.get("stage") == "data":
@@ -194,13 +207,18 @@ def _print_headline(run: Run) -> None:
 
 
 def show_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", help="the run's id (see list)")
+    parser.add_argument("run_id", help="a run's id, or a seed study's (see list)")
     _runs_dir_flag(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = _store(args).get(args.run_id)
+    store = _store(args)
+    if not (store.root / args.run_id / "config.json").is_file():  # not a run: a seed study?
+        summary = studies.summarize(studies.study_runs(store, args.run_id), args.run_id)
+        print(json.dumps(summary, indent=2) if args.json else "\n".join(studies.summary_lines(summary)))
+        return 0
+    run = store.get(args.run_id)
     report = {"config": run.config(), "status": run.status(), "metrics": run.metrics()}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -213,6 +231,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"error: {status['error']}")
     print("config: " + ", ".join(f"{k}={v}" for k, v in report["config"].items() if v is not None))
     _print_headline(run)
+    study = report["config"].get("study")
+    print(
+        f"seed {report['config'].get('seed')} of study {study}" if study else "one seed: no spread over seeds"
+    )
     return 0
 
 
@@ -278,6 +300,7 @@ COMMANDS: dict[str, Command] = {
     "list": Command("list runs", list_arguments, cmd_list),
     "show": Command("print a run's config, status and metrics", show_arguments, cmd_show),
     "cancel": Command("stop a queued or running run (SIGTERM, then SIGKILL)", cancel_arguments, cmd_cancel),
+    "report": Command(report_command.HELP, report_command.add_arguments, report_command.cmd_report),
     "studio": Command("start the dashboard on 127.0.0.1", studio_arguments, cmd_studio),
 }
 

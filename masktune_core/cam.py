@@ -58,6 +58,17 @@ def compute_heatmaps(
     ``fast`` picks the fast path where one exists (``FAST_METHODS``); the other methods always go
     through pytorch-grad-cam. Both give the library's maps; the model comes back unchanged.
     """
+    return heatmaps_and_logits(model, images, method, fast)[0]
+
+
+def heatmaps_and_logits(
+    model: Classifier, images: Tensor, method: str = "xgradcam", fast: bool = True
+) -> tuple[Tensor, Tensor]:
+    """``compute_heatmaps`` and the eval-mode logits [B, K] of the forward pass that made them, detached.
+
+    Every CAM needs that forward for its activations and target class, so a caller that also wants the
+    model's predictions gets them without a second pass.
+    """
     check_choice("cam_method", method)
     with _model_state_restored(model):
         if fast and method in FAST_METHODS:
@@ -80,7 +91,7 @@ def _model_state_restored(model: nn.Module) -> Iterator[None]:
             param.grad = grad
 
 
-def _fast_heatmaps(model: Classifier, images: Tensor, method: str) -> Tensor:
+def _fast_heatmaps(model: Classifier, images: Tensor, method: str) -> tuple[Tensor, Tensor]:
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -118,7 +129,7 @@ def _fast_heatmaps(model: Classifier, images: Tensor, method: str) -> Tensor:
     batch, _, height, width = acts.shape
     # sum_c w_c A_c as one batched matrix product: fewer passes over A than multiply-then-sum.
     cam = torch.relu(torch.bmm(weights.unsqueeze(1), acts.flatten(2)).view(batch, height, width))
-    return _scale_like_library(cam, tuple(images.shape[-2:]))
+    return _scale_like_library(cam, tuple(images.shape[-2:])), logits.detach()
 
 
 def _minmax(cam: Tensor) -> Tensor:
@@ -137,7 +148,7 @@ def _scale_like_library(cam: Tensor, size: tuple[int, int]) -> Tensor:
     return _minmax(cam)
 
 
-def _library_heatmaps(model: Classifier, images: Tensor, method: str) -> Tensor:
+def _library_heatmaps(model: Classifier, images: Tensor, method: str) -> tuple[Tensor, Tensor]:
     import pytorch_grad_cam  # lazy: it pulls in scikit-learn and cv2 (~1.5 s)
 
     # The library reads gradients from a hook on the target activation, which needs a graph; a frozen
@@ -149,7 +160,8 @@ def _library_heatmaps(model: Classifier, images: Tensor, method: str) -> Tensor:
         cam = cam_class(model=model, target_layers=[model.target_layer()])
         try:
             maps = cam(input_tensor=images, targets=None)
+            logits = cam.outputs.detach()  # the library's own forward pass, in eval mode
         finally:
             cam.activations_and_grads.release()
             cam.outputs = None
-    return torch.from_numpy(maps).to(images.device)
+    return torch.from_numpy(maps).to(images.device), logits

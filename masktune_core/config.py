@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -124,6 +125,7 @@ class RunConfig:
     seed: int = option(0, "seed of the split, the initial weights, the batches and the squares")
     device: str = option("auto", "where to train (auto: cuda if available)", choices=DEVICES)
     name: str | None = option(None, "a readable name for the run (part of its id)")
+    study: str | None = option(None, "the id shared by the runs of one seed study (run --seeds sets it)")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -217,6 +219,10 @@ class RunConfig:
             raise ConfigError("pretrained", f"{self.pretrained} is not a file")
         if self.name is not None and (len(self.name) > 80 or not self.name.strip()):
             raise ConfigError("name", "must be 1 to 80 characters")
+        if self.study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.study):
+            raise ConfigError(
+                "study", "use 1 to 128 letters, digits, '.', '_' or '-', starting with one of the first two"
+            )
         self._refuse_ignored(info)
 
     def _refuse_ignored(self, info: DatasetInfo) -> None:

@@ -11,13 +11,14 @@ import math
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from masktune_core.cam import compute_heatmaps
+from masktune_core.cam import heatmaps_and_logits
 from masktune_core.config import check_choice
 from masktune_core.errors import ConfigError, DataError
 from masktune_core.models import Classifier
@@ -54,6 +55,13 @@ def threshold_masks(heat: Tensor, rule: str = "mean+2std", topk_percent: float =
     return mask.view_as(heat)
 
 
+class MaskPass(NamedTuple):
+    """What one saliency pass over a split gives: its masks and the model's predictions on the way."""
+
+    masks: Tensor  # bool [N, H, W] on the CPU, True = hidden
+    probs: np.ndarray  # float32 [N, K]: softmax of the same eval-mode forward the heatmaps came from
+
+
 def compute_masks(
     model: Classifier,
     images_uint8: Tensor,
@@ -64,12 +72,13 @@ def compute_masks(
     batch_size: int = 128,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
-) -> Tensor:
-    """Masks bool [N, H, W] on the CPU for uint8 images [N, C, H, W] (the model must be on ``device``).
+) -> MaskPass:
+    """Masks bool [N, H, W] on the CPU for uint8 images [N, C, H, W] (the model must be on ``device``),
+    with the model's softmax probabilities [N, K] from the forward pass the heatmaps already need.
 
     Batches stream through: heatmaps (fast path where one exists) and thresholds run on the device and
-    only the bool masks are kept, so memory is the masks plus one batch. ``progress(done, total)`` is
-    called after each batch.
+    only the bool masks and the probabilities are kept, so memory is those plus one batch.
+    ``progress(done, total)`` is called after each batch.
     """
     check_choice("cam_method", method)
     check_threshold_rule(rule, topk_percent)
@@ -83,13 +92,17 @@ def compute_masks(
         raise ValueError(f"the model is on {model_device} but masks were asked for on {device}")
     total = int(images_uint8.shape[0])
     masks = torch.zeros((total, *images_uint8.shape[-2:]), dtype=torch.bool)
+    probs = []
     for start in range(0, total, batch_size):
         batch = images_uint8[start : start + batch_size].to(model_device).float() / 255
-        heat = compute_heatmaps(model, batch, method=method, fast=True)
+        heat, logits = heatmaps_and_logits(model, batch, method=method, fast=True)
         masks[start : start + batch.shape[0]] = threshold_masks(heat, rule, topk_percent).cpu()
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
         if progress is not None:
             progress(min(start + batch_size, total), total)
-    return masks
+    if not probs:
+        return MaskPass(masks, np.zeros((0, 0), dtype=np.float32))
+    return MaskPass(masks, torch.cat(probs).numpy().astype(np.float32))
 
 
 def random_masks_like(masks: Tensor, generator: torch.Generator) -> Tensor:

@@ -414,3 +414,30 @@ def _describe_key_problems(
     if unexpected:
         parts.append(f"unexpected {few(unexpected)}")
     return "; ".join(parts)
+
+
+def load_run_models(run_path: str | Path, names: Sequence[str]) -> dict[str, Classifier]:
+    """The trained models of a run directory (CPU, eval mode), by checkpoint name; absent ones are left out.
+
+    The architecture comes from the run's config.json and dataset.json, so nothing else is needed.
+    """
+    from masktune_core.runs import Run, read_json
+
+    run = Run(Path(run_path))
+    config, summary = run.config(), read_json(run.file("dataset.json")) or {}
+    loaded = {}
+    for name in names:
+        path = run.checkpoint_path(name)
+        if not path.exists():
+            continue
+        model = build_model(
+            config["backbone"],
+            len(summary["class_names"]),
+            summary["channels"],
+            summary["image_size"],
+            summary["mean"],
+            summary["std"],
+        )
+        load_state(model, path)
+        loaded[name] = model.eval()
+    return loaded

@@ -21,6 +21,7 @@ import torch
 from masktune_core import evaluate, masking, models, train
 from masktune_core.config import RunConfig
 from masktune_core.data import DatasetBundle, build_dataset
+from masktune_core.data.base import Split
 from masktune_core.errors import CheckpointError, MaskTuneError
 from masktune_core.runs import Run, atomic_path, disk_error, now_iso, process_start_time, write_json
 
@@ -284,7 +285,7 @@ def stage_masks(ctx: Context, iteration: int) -> None:
         ctx.check_stop()
         ctx.progress.update(done / total)
 
-    masks = masking.compute_masks(
+    masks, probs = masking.compute_masks(
         model,
         split.images,
         method=config.cam_method,
@@ -295,6 +296,10 @@ def stage_masks(ctx: Context, iteration: int) -> None:
         progress=on_batch,
     )
     masking.save_masks(ctx.run.masks_path(f"iter{iteration}"), masks)
+    # The saliency pass already ran the source model over the training split: its predictions are kept,
+    # so neither the evaluation nor the dashboard has to predict that split again for this model.
+    stored = ctx.run.predictions("train") or _split_arrays(split)
+    ctx.run.save_predictions("train", {**stored, f"probs_{source}": probs})
     area = masks.flatten(1).float().mean(1)
     ctx.run.append_event(
         {
@@ -387,11 +392,8 @@ def stage_evaluate(ctx: Context) -> None:
     }
     for i, split_name in enumerate(bundle.eval_splits):
         split = bundle.splits[split_name]
-        labels = split.labels.numpy()
-        groups = None if split.groups is None else split.groups.numpy()
-        arrays: dict[str, np.ndarray] = {"index": np.arange(len(split)), "label": labels}
-        if groups is not None:
-            arrays["group"] = groups
+        arrays = _split_arrays(split)
+        labels, groups = arrays["label"], arrays.get("group")
         metrics["splits"][split_name] = {}
         for name, model in trained.items():
             probs = train.predict_probs(model, split.images, batch_size=config.batch_size, device=ctx.device)
@@ -405,9 +407,34 @@ def stage_evaluate(ctx: Context) -> None:
                 train_group_fractions=fractions,
             )
         ctx.run.save_predictions(split_name, arrays)
-        ctx.progress.update((i + 1) / len(bundle.eval_splits))
+        ctx.progress.update((i + 1) / (len(bundle.eval_splits) + 1))
+    save_train_predictions(ctx, trained)
     metrics["dataset"] = summary
     write_json(ctx.run.file("metrics.json"), metrics)
+
+
+def save_train_predictions(ctx: Context, trained: dict[str, models.Classifier]) -> None:
+    """The training split's predictions of every model (for the pages, not for metrics): the ones a masks
+    stage kept from its saliency pass are reused, the others predicted now."""
+    split = ctx.bundle.splits["train"]
+    arrays = _split_arrays(split)
+    stored = ctx.run.predictions("train") or {}
+    for name, model in trained.items():
+        kept = stored.get(f"probs_{name}")
+        if kept is None or len(kept) != len(split):
+            kept = train.predict_probs(
+                model, split.images, batch_size=ctx.config.batch_size, device=ctx.device
+            )
+        arrays[f"probs_{name}"] = kept
+    ctx.run.save_predictions("train", arrays)
+
+
+def _split_arrays(split: Split) -> dict[str, np.ndarray]:
+    """A split's ``index``, ``label`` and (if any) ``group``: the leading arrays of a predictions file."""
+    arrays: dict[str, np.ndarray] = {"index": np.arange(len(split)), "label": split.labels.numpy()}
+    if split.groups is not None:
+        arrays["group"] = split.groups.numpy()
+    return arrays
 
 
 STAGES: dict[str, Callable[..., None]] = {

@@ -1,7 +1,11 @@
 """State and cached data access shared by every page.
 
-State lives in two places only: the run store on disk (everything a run produced) and the URL's query
-parameters (which run a page shows), so a refresh, a new tab or a server restart shows the same thing.
+What a page shows lives in two places: the run store on disk (everything a run produced) and the URL's
+query parameters (which run, which split), so a refresh, a new tab or a server restart shows the same
+thing. What only matters within one browser session (a pending delete, a page number, a picked sample,
+tuner settings) is ``st.session_state``, and each page's keys are declared, read and written in one
+module: ``runs_state`` (Runs), ``launch_state`` (Launch), ``masks_grid`` (Masks), ``selective_state``
+(Selective) and ``try_state`` (Try an image); the launch form's widget keys live in ``launch_form``.
 Heavy objects (models, datasets, predictions) are cached per run and keyed by the file's mtime, so a run
 that finishes while the page is open is picked up without a stale cache.
 """
@@ -12,6 +16,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ import numpy as np
 import streamlit as st
 
 from masktune_core.errors import MaskTuneError
-from masktune_core.runs import Run, RunStore, default_runs_dir, read_json
+from masktune_core.runs import ACTIVE_STATES, Run, RunStore, default_runs_dir, read_json
 
 log = logging.getLogger("masktune_studio")
 
@@ -30,6 +35,15 @@ PAGES = {
     "masks": "views/masks.py",
     "selective": "views/selective.py",
     "try": "views/try_image.py",
+}
+# Each page's title and icon, for the navigation (app.py) and for every link to it.
+TITLES = {
+    "runs": ("Runs", ":material/table_rows:"),
+    "launch": ("Launch", ":material/rocket_launch:"),
+    "results": ("Results", ":material/monitoring:"),
+    "masks": ("Masks", ":material/grid_view:"),
+    "selective": ("Selective classification", ":material/tune:"),
+    "try": ("Try an image", ":material/add_photo_alternate:"),
 }
 MODEL_LABELS = {"erm": "ERM", "masktune": "MaskTune", "randmask": "RandMask"}
 
@@ -84,16 +98,37 @@ def link(page: str, label: str, run_id: str | None = None, icon: str | None = No
     st.page_link(PAGES[page], label=label, icon=icon, query_params={"run": run_id} if run_id else None)
 
 
+def run_links(run_id: str, pages: tuple[str, ...], disabled_help: str | None = None) -> None:
+    """One row of links to ``pages`` showing ``run_id``; all disabled, with that tooltip, when it is given."""
+    with st.container(horizontal=True, gap="medium"):
+        for page in pages:
+            title, icon = TITLES[page]
+            st.page_link(
+                PAGES[page],
+                label=title,
+                icon=icon,
+                query_params={"run": run_id},
+                disabled=disabled_help is not None,
+                help=disabled_help,
+            )
+
+
 # ---------------------------------------------------------------------- cached readers
-def _mtime(path: Path) -> float:
+def mtime(path: Path) -> float:
+    """The file's modification time, 0 for a missing file: the cache key that lets a rewritten file in."""
     try:
         return path.stat().st_mtime
     except OSError:
         return 0.0
 
 
+def checkpoint_stamps(run: Run) -> tuple[float, ...]:
+    """The mtimes of the run's checkpoints, so a retrained or resumed run is never served stale results."""
+    return tuple(mtime(run.checkpoint_path(name)) for name in MODEL_LABELS)
+
+
 def metrics(run: Run) -> dict[str, Any] | None:
-    return _json_file(str(run.file("metrics.json")), _mtime(run.file("metrics.json")))
+    return _json_file(str(run.file("metrics.json")), mtime(run.file("metrics.json")))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -102,12 +137,12 @@ def _json_file(path: str, mtime: float) -> dict[str, Any] | None:
 
 
 def dataset_summary(run: Run) -> dict[str, Any]:
-    return _json_file(str(run.file("dataset.json")), _mtime(run.file("dataset.json"))) or {}
+    return _json_file(str(run.file("dataset.json")), mtime(run.file("dataset.json"))) or {}
 
 
 def predictions(run: Run, split: str) -> dict[str, np.ndarray] | None:
     path = run.predictions_path(split)
-    return _predictions(str(run.path), split, _mtime(path))
+    return _predictions(str(run.path), split, mtime(path))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -117,37 +152,19 @@ def _predictions(run_path: str, split: str, mtime: float) -> dict[str, np.ndarra
 
 def models(run: Run) -> dict[str, Any]:
     """The run's trained models (CPU, eval mode), cached per run: name -> Classifier."""
-    stamps = tuple(_mtime(run.checkpoint_path(n)) for n in MODEL_LABELS)
-    return _models(str(run.path), stamps)
+    return _models(str(run.path), checkpoint_stamps(run))
 
 
 @st.cache_resource(show_spinner="Loading models…", max_entries=4)
 def _models(run_path: str, stamps: tuple[float, ...]) -> dict[str, Any]:
-    from masktune_core import models as model_lib
+    from masktune_core.models import load_run_models
 
-    run = Run(Path(run_path))
-    config, summary = run.config(), dataset_summary(run)
-    loaded = {}
-    for name in MODEL_LABELS:
-        path = run.checkpoint_path(name)
-        if not path.exists():
-            continue
-        model = model_lib.build_model(
-            config["backbone"],
-            len(summary["class_names"]),
-            summary["channels"],
-            summary["image_size"],
-            summary["mean"],
-            summary["std"],
-        )
-        model_lib.load_state(model, path)
-        loaded[name] = model.eval()
-    return loaded
+    return load_run_models(run_path, MODEL_LABELS)
 
 
 def bundle(run: Run):
     """The run's dataset, decoded once per server process and config (masks page, samples)."""
-    return _bundle(str(run.file("config.json")), _mtime(run.file("config.json")))
+    return _bundle(str(run.file("config.json")), mtime(run.file("config.json")))
 
 
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=2)
@@ -170,6 +187,23 @@ def friendly_errors(what: str = "This page") -> Iterator[None]:
     except Exception:  # a page must never show a raw traceback
         log.exception("page error")
         st.error(f"{what} hit an unexpected error; the details are in the server log.")
+
+
+def timestamp(value: str | None) -> datetime | None:
+    """A status file's ISO time, or None when it is missing or unreadable."""
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def run_duration(status: dict[str, Any]) -> float | None:
+    """Seconds from the run's start to its end, or to now while it is active; None before it starts."""
+    start = timestamp(status.get("started"))
+    if start is None:
+        return None
+    end = timestamp(status.get("finished")) if status.get("state") not in ACTIVE_STATES else None
+    return ((end or datetime.now(UTC)) - start).total_seconds()
 
 
 def pct(value: float | None, digits: int = 1) -> str:

@@ -144,17 +144,6 @@ def selective_decision(
     return accepted, f"{what} for {class_names[pred]} is {confidence:.3f} {sign} the threshold {bound}"
 
 
-# ---------------------------------------------------------------------------------------- cache keys
-def _checkpoint_stamps(run: Run) -> tuple[float, ...]:
-    stamps = []
-    for name in common.MODEL_LABELS:
-        try:
-            stamps.append(run.checkpoint_path(name).stat().st_mtime)
-        except OSError:
-            stamps.append(0.0)
-    return tuple(stamps)
-
-
 def _float_images(images_uint8: Any) -> Any:  # -> torch.Tensor; torch is imported lazily
     import torch
 
@@ -189,15 +178,19 @@ def split_data(run: Run, split: str) -> Any:
 
 # ---------------------------------------------------------------------------------------- predictions
 def split_predictions(run: Run, split: str) -> dict[str, np.ndarray] | None:
-    """``label``, ``group`` (if any) and ``probs_<model>`` for every sample of ``split``.
-
-    The evaluated splits come from the run's saved predictions; the training split is never evaluated by
-    the pipeline, so its predictions are computed once per run and cached.
+    """``label``, ``group`` (if any) and ``probs_<model>`` for every sample of ``split``, as the run saved
+    them: the pipeline keeps the training split's predictions too (ERM's from its saliency pass, the
+    others at evaluation). Only a run made before it did so has its training split predicted here, once
+    per run and cached.
     """
-    if split != "train":
-        return common.predictions(run, split)
+    stored = common.predictions(run, split)
+    trained = [name for name in common.MODEL_LABELS if run.checkpoint_path(name).exists()]
+    if split != "train" or (stored is not None and all(f"probs_{name}" in stored for name in trained)):
+        return stored
     data = split_data(run, "train")
-    return _train_predictions(str(run.path), _checkpoint_stamps(run), _models=common.models(run), _split=data)
+    return _train_predictions(
+        str(run.path), common.checkpoint_stamps(run), _models=common.models(run), _split=data
+    )
 
 
 @st.cache_data(show_spinner="Predicting the training split once for this run…", max_entries=4)
@@ -233,21 +226,16 @@ def sample_views(
     masks_file = run.masks_path("iter1") if split == "train" else None
     return _sample_views(
         str(run.path),
-        _checkpoint_stamps(run),
+        common.checkpoint_stamps(run),
         split,
         tuple(int(i) for i in indices),
         tuple(heat_models),
         _models=common.models(run),
         _split=split_data(run, split),
-        _stored_masks=None if masks_file is None else _stored_masks(str(masks_file), _mtime(masks_file)),
+        _stored_masks=None
+        if masks_file is None
+        else _stored_masks(str(masks_file), common.mtime(masks_file)),
     )
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 @st.cache_resource(show_spinner="Reading the stored masks…", max_entries=2)
@@ -270,41 +258,21 @@ def _sample_views(
 ) -> dict[str, np.ndarray]:
     import torch
 
-    from masktune_core.cam import compute_heatmaps
-    from masktune_core.masking import apply_masks, threshold_masks
+    from masktune_core.report.gallery import sample_views as views
 
     run = Run(Path(run_path))
     config, mean = run.config(), common.dataset_summary(run)["mean"]
     index = torch.tensor(indices, dtype=torch.long)
-    images = _split.images[index]
-    heat: dict[str, list] = {name: [] for name in {"erm", *heat_models}}
+    stored = None if _stored_masks is None else _stored_masks[index]
     with _MODEL_LOCK:
-        for start in range(0, len(indices), HEATMAP_BATCH):
-            batch = _float_images(images[start : start + HEATMAP_BATCH])
-            for name in heat:
-                heat[name].append(compute_heatmaps(_models[name], batch, method=config["cam_method"]))
-    heat_t = {
-        name: torch.cat(maps) if maps else torch.zeros((0, *images.shape[-2:])) for name, maps in heat.items()
-    }
-    if _stored_masks is not None:
-        masks = _stored_masks[index]
-    else:
-        masks = threshold_masks(heat_t["erm"], config["threshold_rule"], config["topk_percent"])
-    out = {
-        "images": images.numpy(),
-        "masks": masks.numpy(),
-        "masked": apply_masks(images, masks, fill=config["fill"], mean=mean).numpy(),
-    }
-    for name in heat_models:
-        out[f"heat_{name}"] = heat_t[name].numpy()
-    return out
+        return views(_models, _split.images[index], config, mean, stored, heat_models, batch=HEATMAP_BATCH)
 
 
 def analyse_image(run: Run, image: np.ndarray) -> dict[str, Any]:
     """Both models on one uint8 image [C, H, W] already in the run's format: ``probs_<model>`` [K] and
     ``heat_<model>`` [H, W] for every trained model, the ERM-based ``mask`` [H, W] (the run's threshold
     rule) and the ``masked`` image [C, H, W] (the run's fill)."""
-    return _analyse_image(str(run.path), _checkpoint_stamps(run), image, _models=common.models(run))
+    return _analyse_image(str(run.path), common.checkpoint_stamps(run), image, _models=common.models(run))
 
 
 @st.cache_data(show_spinner="Running both models…", max_entries=32)

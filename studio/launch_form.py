@@ -44,6 +44,7 @@ LABELS = {
     "selection": "ERM checkpoint selection",
     "schedule": "Learning-rate schedule",
     "seed": "Seed",
+    "seeds": "Seeds (a seed study)",
     "device": "Device",
     "square_size": "Square size (px)",
     "square_color": "Square colour",
@@ -286,6 +287,20 @@ def _advanced_inputs(choice: DatasetChoice, key: Any) -> dict[str, Any]:
             ),
             select("schedule", config_lib.SCHEDULES),
             number("seed", DEFAULTS.seed, 1),
+            (
+                "seeds",
+                lambda where: (
+                    where.text_input(
+                        LABELS["seeds"],
+                        key=key("seeds"),
+                        placeholder="e.g. 0,1,2 (optional)",
+                        help="One run per seed, sharing every other setting, queued one after another "
+                        "as one seed study; Results then shows the mean, the spread and one point per "
+                        "seed. Leave it empty for a single run with the seed on the left.",
+                    ).strip()
+                    or None
+                ),
+            ),
             select("device", config_lib.DEVICES),
         ],
         values,
@@ -340,8 +355,15 @@ def validated_config(values: dict[str, Any]) -> RunConfig:
     return config
 
 
-def submit(store: RunStore, values: dict[str, Any]) -> Run:
-    """Validate ``values`` and start the job; ConfigError / RunStoreError reach the caller."""
-    from masktune_core import jobs
+def submit(store: RunStore, values: dict[str, Any]) -> list[Run]:
+    """Validate ``values`` and start the job, or one job per seed when ``seeds`` is given (a seed study,
+    queued one after another); ConfigError / RunStoreError reach the caller before any run exists."""
+    from masktune_core import jobs, studies
 
-    return jobs.submit(store, validated_config(values))
+    values = dict(values)
+    seeds = values.pop("seeds", None)
+    config = validated_config(values)
+    if not seeds:
+        return [jobs.submit(store, config)]
+    configs = studies.seed_configs(config, studies.parse_seeds(seeds))
+    return [jobs.submit(store, one) for one in configs]

@@ -110,15 +110,33 @@ def test_train_masks_are_the_stored_ones_and_val_masks_follow_the_rule(finished_
     assert val["heat_masktune"].shape == val["heat_erm"].shape
 
 
-def test_train_predictions_are_computed_once_and_match_a_direct_forward(finished_store: RunStore) -> None:
+def _direct_probs(run, model: str, count: int = 4) -> np.ndarray:
+    images = common.bundle(run).splits["train"].images[:count].float() / 255
+    with torch.no_grad():
+        return torch.softmax(common.models(run)[model](images), dim=1).numpy()
+
+
+def test_train_predictions_are_read_from_the_run(finished_store: RunStore) -> None:
     run = finished_store.list()[0]
+    stored = run.predictions("train")
+    assert stored is not None and {"probs_erm", "probs_masktune", "probs_randmask"} <= set(stored)
+    preds = inference.split_predictions(run, "train")
+    assert preds is not None and sorted(preds) == sorted(stored)
+    for key, value in stored.items():
+        assert np.array_equal(preds[key], value), key
+    # ERM's come from the masks stage's saliency pass, the others from the evaluation: all equal a forward.
+    for model in ("erm", "masktune", "randmask"):
+        assert np.allclose(preds[f"probs_{model}"][:4], _direct_probs(run, model), atol=1e-5), model
+
+
+def test_train_predictions_of_an_older_run_are_computed_by_the_page(finished_store: RunStore) -> None:
+    run = finished_store.list()[0]
+    run.predictions_path("train").unlink()  # a run made before the pipeline kept them
     preds = inference.split_predictions(run, "train")
     assert preds is not None and set(preds) >= {"label", "probs_erm", "probs_masktune"}
-    model = common.models(run)["masktune"]
-    images = common.bundle(run).splits["train"].images[:4].float() / 255
-    with torch.no_grad():
-        direct = torch.softmax(model(images), dim=1).numpy()
-    assert np.allclose(preds["probs_masktune"][:4], direct, atol=1e-5)
+    assert np.allclose(preds["probs_masktune"][:4], _direct_probs(run, "masktune"), atol=1e-5)
+    at = masks_page()
+    assert not at.exception and not at.error
 
 
 def test_changed_dataset_is_reported_not_misaligned(
@@ -178,3 +196,29 @@ def test_grid_png_has_a_header_and_one_band_per_row() -> None:
 def test_md_escape_keeps_user_text_literal() -> None:
     assert viz.md_escape("**a** [x](y)") == r"\*\*a\*\* \[x\]\(y\)"
     assert viz.md_escape("0-4 / square") == r"0\-4 / square"
+
+
+# ---------------------------------------------------------------------------------------- filters
+def test_matching_applies_every_filter_together() -> None:
+    from studio import masks_grid
+
+    labels = np.array([0, 0, 1, 1, 2])
+    probs_erm = np.eye(3, dtype=np.float32)[[0, 1, 1, 0, 2]] * 0.6 + 0.4 / 3  # ERM right on 0, 2, 4
+    probs_mt = np.eye(3, dtype=np.float32)[[0, 0, 0, 1, 2]] * 0.9 + 0.1 / 3  # MaskTune right on 0, 1, 3, 4
+    preds = {"label": labels, "group": np.array([0, 1, 0, 1, 0]), "probs_erm": probs_erm}
+    assert masks_grid.SplitView.of(preds) is None  # MaskTune's predictions are missing
+    view = masks_grid.SplitView.of({**preds, "probs_masktune": probs_mt})
+    assert view is not None
+
+    def match(**chosen: object) -> list[int]:
+        return masks_grid.matching(view, masks_grid.Filters(**chosen)).tolist()
+
+    assert match() == [0, 1, 2, 3, 4]
+    assert match(outcome="erm_wrong_mt_right") == [1, 3]
+    assert match(outcome="erm_right_mt_wrong") == [2]
+    assert match(outcome="both_right", classes=[2]) == [4]
+    assert match(groups=[1]) == [1, 3]
+    assert match(erm_range=(0.7, 1.0), masktune_range=(0.9, 1.0)) == [0, 1, 2, 3, 4]  # 0.73 and 0.93
+    assert match(erm_range=(0.8, 1.0)) == []
+    first, shown = masks_grid.page_slice(np.arange(10), 2, 4)
+    assert first == 4 and shown.tolist() == [4, 5, 6, 7]

@@ -16,6 +16,7 @@ from masktune_core.masking import (
     threshold_masks,
 )
 from masktune_core.models import build_model
+from masktune_core.train import predict_probs
 
 
 def test_mean_plus_two_std_on_a_hand_made_map() -> None:
@@ -198,7 +199,7 @@ def test_compute_masks_streams_batches_and_matches_one_pass() -> None:
     model = build_model("small-cnn", 2, 1, 28, [0.5], [0.25]).eval()
     images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
     calls: list[tuple[int, int]] = []
-    masks = compute_masks(
+    masks, probs = compute_masks(
         model, images, batch_size=4, device="cpu", progress=lambda d, t: calls.append((d, t))
     )
     assert calls == [(4, 10), (8, 10), (10, 10)]
@@ -206,3 +207,17 @@ def test_compute_masks_streams_batches_and_matches_one_pass() -> None:
     expected = threshold_masks(compute_heatmaps(model, images.float() / 255))
     assert torch.equal(masks, expected)
     assert masks.any()
+    # The probabilities come from the CAM's own forward pass and equal a separate prediction.
+    direct = predict_probs(model, images, batch_size=4, device=torch.device("cpu"))
+    assert probs.dtype == np.float32 and probs.shape == (10, 2)
+    np.testing.assert_allclose(probs, direct, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "xgradcam"])
+def test_compute_masks_probs_match_a_forward_on_both_cam_paths(method: str) -> None:
+    torch.manual_seed(1)
+    model = build_model("small-cnn", 3, 1, 28, [0.5], [0.25]).eval()
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    _, probs = compute_masks(model, images, method=method, batch_size=4, device="cpu")
+    direct = predict_probs(model, images, batch_size=4, device=torch.device("cpu"))
+    np.testing.assert_allclose(probs, direct, rtol=0, atol=1e-6)

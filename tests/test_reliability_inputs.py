@@ -262,7 +262,7 @@ def test_a_disk_that_fills_up_mid_run_fails_in_one_line_and_resumes_after(
     monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
     assert main(["resume", run.id, "--runs-dir", str(finished_store.root)]) == 0
     assert run.status()["state"] == "done"
-    assert run.prediction_splits() == sorted(run.metrics()["splits"])
+    assert run.prediction_splits() == sorted([*run.metrics()["splits"], "train"])
 
 
 # ---------------------------------------------------------------------- user text and HTML

@@ -150,7 +150,7 @@ real_save_predictions = Run.save_predictions
 
 def save_predictions(self, split, arrays):
     real_save_predictions(self, split, arrays)
-    if point == "evaluate":
+    if point == "evaluate" and current["stage"] == "evaluate":  # the masks stage saves train's too
         die()  # after the first split's predictions were written
 
 Run.save_predictions = save_predictions

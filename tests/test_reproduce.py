@@ -1,11 +1,10 @@
-"""bench/reproduce.py: its pieces on hand-made inputs, and one --quick run that must write a well-formed page.
+"""bench/reproduce: its pieces on hand-made inputs, and one --quick run that must write a well-formed page.
 
 No test asserts an accuracy: the page reports whatever the product measures.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -15,44 +14,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.reproduce import analysis, cost, markdown, selective_maths, stats
+from bench.reproduce import grid as study
 from masktune_core import selective as sel
 from masktune_core.config import RECIPE_KEYS, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "bench" / "reproduce.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-rp = _load_script()
 
 
 # ---------------------------------------------------------------------------------------- formatting
 def test_fmt_shows_mean_and_std_over_seeds_and_the_value_alone_for_one_seed() -> None:
-    assert rp.fmt(rp.stat([0.5, 0.7, 0.6])) == "60.0 ± 10.0"
-    assert rp.fmt(rp.stat([0.25])) == "25.0"
-    assert rp.fmt(rp.stat([None, None])) == "–"
-    assert rp.fmt(rp.stat([12.0, 14.0]), scale=1.0) == "13.0 ± 1.4"
-    assert rp.fmt(rp.stat([0.021, 0.025]), signed=True) == "+2.3 ± 0.3"
-    assert rp.fmt(rp.stat([-0.5]), signed=True) == "-50.0"
+    assert stats.fmt(stats.stat([0.5, 0.7, 0.6])) == "60.0 ± 10.0"
+    assert stats.fmt(stats.stat([0.25])) == "25.0"
+    assert stats.fmt(stats.stat([None, None])) == "–"
+    assert stats.fmt(stats.stat([12.0, 14.0]), scale=1.0) == "13.0 ± 1.4"
+    assert stats.fmt(stats.stat([0.021, 0.025]), signed=True) == "+2.3 ± 0.3"
+    assert stats.fmt(stats.stat([-0.5]), signed=True) == "-50.0"
 
 
 def test_verdict_needs_every_seed_for_reproduced() -> None:
-    assert rp.verdict(3, 3) == "reproduced"
-    assert rp.verdict(3, 3, strong=False) == "partly reproduced"
-    assert rp.verdict(2, 3) == "partly reproduced"
-    assert rp.verdict(1, 3) == "not reproduced"
-    assert rp.verdict(0, 1) == "not reproduced"
+    assert stats.verdict(3, 3) == "reproduced"
+    assert stats.verdict(3, 3, strong=False) == "partly reproduced"
+    assert stats.verdict(2, 3) == "partly reproduced"
+    assert stats.verdict(1, 3) == "not reproduced"
+    assert stats.verdict(0, 1) == "not reproduced"
 
 
 def test_markdown_table_has_one_cell_per_header_column() -> None:
-    text = rp.table(["a", "b", "c"], [["x", "1", "2"]])
+    text = markdown.table(["a", "b", "c"], [["x", "1", "2"]])
     lines = text.splitlines()
     assert lines[1] == "|---|---:|---:|"
     assert all(line.count("|") == 4 for line in lines)
@@ -74,14 +63,14 @@ def _scored(rule: str, n: int = 400, seed: int = 0, groups: bool = False) -> sel
 def test_aurc_upto_matches_the_engine_over_the_whole_curve_and_a_plain_mean_on_a_prefix(rule: str) -> None:
     scored = _scored(rule)
     curve = sel.risk_coverage(sel.rank(scored), max_points=scored.n + 1)
-    assert rp.aurc_upto(curve, curve.max_coverage) == pytest.approx(curve.aurc, abs=1e-12)
+    assert selective_maths.aurc_upto(curve, curve.max_coverage) == pytest.approx(curve.aurc, abs=1e-12)
     # Without ties the restricted AURC is the mean over prefixes k = 1..K of (errors among the top k) / k.
     order = np.argsort(-scored.confidence, kind="stable")
     errors = ~scored.correct[order]
     k = int(0.3 * scored.n)
     expected = np.mean(np.cumsum(errors[:k]) / np.arange(1, k + 1))
-    assert rp.aurc_upto(curve, 0.3) == pytest.approx(expected, abs=1e-12)
-    assert rp.aurc_upto(curve, 0.0) is None
+    assert selective_maths.aurc_upto(curve, 0.3) == pytest.approx(expected, abs=1e-12)
+    assert selective_maths.aurc_upto(curve, 0.0) is None
 
 
 def test_class_weights_lower_the_threshold_of_a_class_the_models_are_less_sure_of() -> None:
@@ -100,7 +89,7 @@ def test_class_weights_lower_the_threshold_of_a_class_the_models_are_less_sure_o
         group_index=None,
     )
     # Class 2 is only ever predicted on a disagreement and class 3 never: both keep weight 1.
-    assert rp.class_weights(scored).tolist() == pytest.approx([1.0, 0.5, 1.0, 1.0])
+    assert selective_maths.class_weights(scored).tolist() == pytest.approx([1.0, 0.5, 1.0, 1.0])
 
 
 def test_analyse_rule_fits_on_val_and_reports_on_test_for_every_target() -> None:
@@ -118,10 +107,10 @@ def test_analyse_rule_fits_on_val_and_reports_on_test_for_every_target() -> None
             "probs_masktune_1": np.where(rng.random((n, 1)) < 0.8, probs, flipped),
         }
 
-    rule = next(r for r in rp.SELECTIVE_RULES if r.per_class)
-    outcome = rp.analyse_rule(rule, arrays(0), arrays(1), "masktune_1")
-    assert [row["target_coverage"] for row in outcome.table] == list(rp.TARGETS)
-    assert len(outcome.group_points) == len(rp.TARGETS)
+    rule = next(r for r in analysis.SELECTIVE_RULES if r.per_class)
+    outcome = analysis.analyse_rule(rule, arrays(0), arrays(1), "masktune_1")
+    assert [row["target_coverage"] for row in outcome.table] == list(analysis.TARGETS)
+    assert len(outcome.group_points) == len(analysis.TARGETS)
     assert set(outcome.group_curves) == {0, 1}
     # The agreement rule never accepts more than the samples both models agree on.
     assert all(row["test_coverage"] <= outcome.agreement_rate + 1e-12 for row in outcome.table)
@@ -129,62 +118,63 @@ def test_analyse_rule_fits_on_val_and_reports_on_test_for_every_target() -> None
 
 # ----------------------------------------------------------------------------------------------- grid
 def test_every_run_keeps_its_dataset_recipe_and_ablations_start_from_their_seeds_erm() -> None:
-    grid = rp.Grid(
+    grid = study.Grid(
         {"biased-digits": (0, 1), "biased-fashion-mnist": (0,)},
         {"digits": (0,)},
         (0, 1),
         {},
     )
-    jobs = rp.make_jobs(grid)
+    jobs = study.make_jobs(grid)
     names = [job.name for job in jobs]
     assert len(names) == len(set(names))
     for job in jobs:
         recipe = RunConfig.from_dict({"dataset": job.dataset}).resolved().to_dict()
         if job.study == "ablation":  # an ablation changes its own option only, which may be a recipe key
-            recipe.update(rp.ABLATIONS[job.variant][1])
+            recipe.update(study.ABLATIONS[job.variant][1])
         assert {k: job.config[k] for k in RECIPE_KEYS} == {k: recipe[k] for k in RECIPE_KEYS}
         assert job.config["seed"] == job.seed
     ablations = [job for job in jobs if job.study == "ablation"]
-    assert len(ablations) == 2 * len(rp.ABLATIONS)
+    assert len(ablations) == 2 * len(study.ABLATIONS)
     for job in ablations:
         source = next(j for j in jobs if j.name == job.erm_from)
         assert names.index(source.name) < names.index(job.name)
-        assert (source.study, source.dataset, source.seed) == ("shortcut", rp.ABLATION_DATASET, job.seed)
+        assert (source.study, source.dataset, source.seed) == ("shortcut", study.ABLATION_DATASET, job.seed)
         assert job.config["iterations"] == 1
 
 
 def test_quick_grid_applies_its_override_to_every_run() -> None:
-    jobs = rp.make_jobs(rp.quick_grid())
-    assert {job.dataset for job in jobs} == {*rp.QUICK_SHORTCUT, *rp.QUICK_SELECTIVE}
+    jobs = study.make_jobs(study.quick_grid())
+    assert {job.dataset for job in jobs} == {*study.QUICK_SHORTCUT, *study.QUICK_SELECTIVE}
     for job in jobs:
-        assert {k: job.config[k] for k in rp.QUICK_OVERRIDES} == rp.QUICK_OVERRIDES
+        assert {k: job.config[k] for k in study.QUICK_OVERRIDES} == study.QUICK_OVERRIDES
 
 
 def test_full_grid_drops_seeds_of_the_large_datasets_only_when_over_budget() -> None:
     def sizes(train_large: int):
         def sizes_of(grid):
             return {
-                d: {"train": train_large if d in rp.LARGE_DATASETS else 1000, "val": 100, "test": 100}
+                d: {"train": train_large if d in study.LARGE_DATASETS else 1000, "val": 100, "test": 100}
                 for d in grid.datasets()
             }
 
         return sizes_of
 
-    grid, notes = rp.full_grid(sizes(1000))
+    grid, notes = cost.full_grid(sizes(1000))
     assert notes == []
-    assert all(seeds == rp.SEEDS for seeds in (*grid.shortcut.values(), *grid.selective.values()))
+    assert all(seeds == study.SEEDS for seeds in (*grid.shortcut.values(), *grid.selective.values()))
 
-    grid, notes = rp.full_grid(sizes(10_000_000))
+    grid, notes = cost.full_grid(sizes(10_000_000))
     seeds = {**grid.shortcut, **grid.selective}
-    assert all(seeds[d] == rp.SEEDS[:1] for d in rp.LARGE_DATASETS)
-    assert all(seeds[d] == rp.SEEDS for d in seeds if d not in rp.LARGE_DATASETS)
-    assert len(notes) == len(rp.LARGE_DATASETS)
+    assert all(seeds[d] == study.SEEDS[:1] for d in study.LARGE_DATASETS)
+    assert all(seeds[d] == study.SEEDS for d in seeds if d not in study.LARGE_DATASETS)
+    assert len(notes) == len(study.LARGE_DATASETS)
 
 
 def test_reusing_erm_makes_a_run_cheaper_in_the_estimate() -> None:
-    config = rp.make_config("biased-digits", 0, {"iterations": 1}, {}, "x")
+    config = study.make_config("biased-digits", 0, {"iterations": 1}, {}, "x")
     sizes = {"train": 9621, "val": 1701, "test_original": 539, "test_biased": 539}
-    assert 0 < rp.estimate_run_seconds(config, sizes, True) < rp.estimate_run_seconds(config, sizes, False)
+    reused, fresh = (cost.estimate_run_seconds(config, sizes, erm_reused) for erm_reused in (True, False))
+    assert 0 < reused < fresh
 
 
 # ------------------------------------------------------------------------------------------ the page
@@ -233,7 +223,7 @@ def test_quick_run_writes_a_well_formed_page(tmp_path: Path) -> None:
     # One thread: on a machine shared with other tests, two PyTorch threads mostly wait on each other.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--runs-dir", str(runs)],
+        [sys.executable, "-m", "bench.reproduce", "--quick", "--out", str(out), "--runs-dir", str(runs)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -264,13 +254,13 @@ def test_quick_run_writes_a_well_formed_page(tmp_path: Path) -> None:
     assert "Paper (quoted)" in text
     assert "Quick mode: a smoke test, not results." in text
     assert "thresholds and per-class tolerance weights are fitted on val and reported on test" in text
-    assert f"bench/reproduce.py --quick --out {out}" in text
+    assert f"-m bench.reproduce --quick --out {out}" in text
     # Every claim gets a generated verdict, whatever it is.
     verdict = r"^- \*\*(reproduced|partly reproduced|not reproduced|not testable)\*\*:"
     verdicts = re.findall(verdict, text, re.MULTILINE)
     assert len(verdicts) >= 3
     # The runs asked to be kept stay, and no temporary file is left beside the page.
     assert len([p for p in runs.iterdir() if (p / "config.json").is_file()]) == len(
-        rp.make_jobs(rp.quick_grid())
+        study.make_jobs(study.quick_grid())
     )
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]

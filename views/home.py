@@ -5,7 +5,6 @@ The table refreshes every second while any run is queued or running, and stops o
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -13,7 +12,8 @@ import streamlit as st
 
 from masktune_core.errors import MaskTuneError
 from masktune_core.runs import ACTIVE_STATES, Run
-from studio import charts, common, launch_form
+from studio import charts, common, launch_form, runs_state
+from studio import studies as study_ui
 
 RESUMABLE = ("interrupted", "failed", "cancelled")
 
@@ -50,21 +50,6 @@ def empty_state() -> None:
     st.code("masktune run --name demo", language="bash")
 
 
-def _time(value: str | None) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value) if value else None
-    except ValueError:
-        return None
-
-
-def duration(status: dict[str, Any]) -> float | None:
-    start = _time(status.get("started"))
-    if start is None:
-        return None
-    end = _time(status.get("finished")) if status.get("state") not in ACTIVE_STATES else None
-    return ((end or datetime.now(UTC)) - start).total_seconds()
-
-
 def headline(run: Run) -> tuple[str | None, dict[str, float | None]]:
     """The run's main test split and, on it, accuracy and worst-group accuracy of ERM and MaskTune."""
     metrics = common.metrics(run) or {}
@@ -89,23 +74,28 @@ def state_text(state: str, stage: str | None, place: int | None) -> str:
 def table(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, Any], list[str], str]:
     """The runs table, its column configuration, the run ids by row, and the split the numbers are on."""
     positions = launch_form.queue_positions(runs)
-    rows = []
-    for run in runs:
+
+    def run_row(run: Run) -> dict[str, Any]:
         config, status = run.config(), run.status()
         state = status.get("state") or "interrupted"
         split, values = headline(run)
-        rows.append(
-            {
-                "name": config.get("name") or run.id,
-                "data": f"{config.get('dataset')} / {config.get('backbone')}",
-                "state": state_text(state, status.get("stage"), positions.get(run.id)),
-                "progress": 100 * float(status.get("progress") or 0.0),
-                "started": _time(status.get("started") or status.get("created")),
-                "duration": charts.duration_text(duration(status)) if status.get("started") else "–",
-                "split": split,
-                **{k: None if v is None else 100 * v for k, v in values.items()},
-            }
-        )
+        return {
+            "name": config.get("name") or run.id,
+            "data": f"{config.get('dataset')} / {config.get('backbone')}",
+            "state": state_text(state, status.get("stage"), positions.get(run.id)),
+            "progress": 100 * float(status.get("progress") or 0.0),
+            "started": common.timestamp(status.get("started") or status.get("created")),
+            "duration": charts.duration_text(common.run_duration(status)),
+            "split": split,
+            **{k: None if v is None else 100 * v for k, v in values.items()},
+        }
+
+    groups = study_ui.grouped(runs)
+    # A seed study is one row (its mean over finished seeds); selecting it lists its runs.
+    rows = [
+        run_row(members[0]) if row_id == members[0].id else study_ui.study_row(row_id, members, run_row)
+        for row_id, members in groups
+    ]
     frame = pd.DataFrame(rows)
     splits = sorted({row["split"] for row in rows if row["split"]})
     # One shared split is named once above the table; otherwise each row names its own.
@@ -133,7 +123,7 @@ def table(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, Any], list[str], str
     if len(splits) > 1:
         order.append("split")
     order += ["erm_acc", "masktune_acc", "erm_wga", "masktune_wga"]
-    return frame[order], config, [run.id for run in runs], where
+    return frame[order], config, [row_id for row_id, _ in groups], where
 
 
 def actions(run: Run) -> None:
@@ -146,27 +136,18 @@ def actions(run: Run) -> None:
         st.error(status["error"], icon=":material/error:")
     done = state == "done"
     with st.container(horizontal=True, gap="medium"):
-        for page, label, icon in (
-            ("results", "Results", ":material/monitoring:"),
-            ("masks", "Masks", ":material/grid_view:"),
-            ("selective", "Selective classification", ":material/tune:"),
-            ("try", "Try an image", ":material/add_photo_alternate:"),
-        ):
-            st.page_link(
-                common.PAGES[page],
-                label=label,
-                icon=icon,
-                query_params={"run": run.id},
-                disabled=not done,
-                help=None if done else "Available once the run is done.",
-            )
+        common.run_links(
+            run.id,
+            ("results", "masks", "selective", "try"),
+            None if done else "Available once the run is done.",
+        )
         common.link("launch", "Job progress", run.id, icon=":material/timelapse:")
     with st.container(horizontal=True):
         if state in RESUMABLE and st.button("Resume", icon=":material/play_arrow:", key=f"resume_{run.id}"):
             resume(run)
         if st.button("Delete…", icon=":material/delete:", key=f"delete_{run.id}"):
-            st.session_state["confirm_delete"] = run.id
-    if st.session_state.get("confirm_delete") == run.id:
+            runs_state.ask_delete(run.id)
+    if runs_state.delete_pending(run.id):
         confirm_delete(run)
 
 
@@ -194,16 +175,16 @@ def confirm_delete(run: Run) -> None:
             try:
                 store.delete(run.id)
             except MaskTuneError as err:
-                st.session_state.pop("confirm_delete", None)
+                runs_state.clear_delete()
                 st.error(str(err), icon=":material/block:")
                 return
-            st.session_state.pop("confirm_delete", None)
+            runs_state.clear_delete()
             if st.query_params.get("run") == run.id:
                 del st.query_params["run"]
             st.toast(f"Deleted {run.id}", icon=":material/delete:")
             st.rerun()
         if buttons.button("Keep it", key=f"keep_{run.id}"):
-            st.session_state.pop("confirm_delete", None)
+            runs_state.clear_delete()
             st.rerun()
 
 
@@ -245,21 +226,16 @@ def runs_view() -> None:
             selection_mode="single-row",
             selection_default={"selection": {"rows": default}},
             placeholder="–",
-            key="runs_table",
+            key=runs_state.KEY_TABLE,
         )
-        # The URL's ?run= is the selection; a click on a row (a change of the table's own state) updates it.
-        # Row positions shift when a new run appears, so they are never used as the selection themselves.
-        rows = list(event["selection"]["rows"]) if event else []
-        if rows != st.session_state.get("runs_table_rows"):
-            st.session_state["runs_table_rows"] = rows
-            if rows and rows[0] < len(ids):
-                st.query_params["run"] = ids[rows[0]]
-            elif "run" in st.query_params:
-                del st.query_params["run"]
-        wanted = st.query_params.get("run")
+        runs_state.follow_selection(list(event["selection"]["rows"]) if event else [], ids)
+        wanted = st.query_params.get("run")  # a run id, or a seed study's id for its row
         selected = wanted if wanted in ids else None
+        members = [run for run in current if run.config().get("study") == selected]
         if selected is None:
             st.caption("No run selected.")
+        elif members and selected not in {run.id for run in members}:
+            study_ui.study_panel(selected, members)
         else:
             actions(store.get(selected))
         if any_active and not launch_form.active_runs(current):

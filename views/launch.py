@@ -9,7 +9,7 @@ import streamlit as st
 
 from masktune_core.errors import ConfigError, MaskTuneError
 from masktune_core.runs import ACTIVE_STATES, Run
-from studio import charts, common, launch_form
+from studio import charts, common, launch_form, launch_state
 
 st.title("Launch an experiment")
 st.caption("ERM → saliency masks of every training image → one finetune epoch on the masked copies.")
@@ -23,14 +23,16 @@ with form_column, common.friendly_errors("The launch form"):
     values = launch_form.experiment_form(choice, data_dir, download)
     if values is not None:
         try:
-            run = launch_form.submit(store, values)
+            started = launch_form.submit(store, values)
         except ConfigError as err:
             st.error(launch_form.error_text(err), icon=":material/error:")
         except MaskTuneError as err:
             st.error(str(err), icon=":material/error:")
         else:
-            st.query_params["run"] = run.id  # the job picker below follows it
-            st.toast(f"Started {run.id}", icon=":material/rocket_launch:")
+            st.query_params["run"] = started[0].id  # the job picker below follows it
+            study = started[0].config().get("study")
+            what = f"seed study {study}: {len(started)} runs queued" if study else f"Started {started[0].id}"
+            st.toast(what, icon=":material/rocket_launch:")
 
 
 def queue_table(runs: list[Run]) -> None:
@@ -105,14 +107,11 @@ def job_panel(run: Run) -> None:
             jobs.cancel(run)
             st.toast("Cancel requested; the job stops at its next step.", icon=":material/cancel:")
     elif state == "done":
-        st.success(f"Done in {elapsed(status)}.", icon=":material/task_alt:")
-        links = st.columns([1, 1, 1.6])
-        with links[0]:
-            common.link("results", "Open results", run.id, icon=":material/monitoring:")
-        with links[1]:
-            common.link("masks", "Masks", run.id, icon=":material/grid_view:")
-        with links[2]:
-            common.link("selective", "Selective classification", run.id, icon=":material/tune:")
+        took = charts.duration_text(common.run_duration(status))
+        st.success(f"Done in {took}.", icon=":material/task_alt:")
+        with st.container(horizontal=True, gap="medium"):
+            common.link("results", "Open results", run.id, icon=common.TITLES["results"][1])
+            common.run_links(run.id, ("masks", "selective"))
     elif state == "cancelled":
         st.warning("Cancelled. Resume it from the **Runs** page.", icon=":material/cancel:")
     else:
@@ -145,14 +144,7 @@ def job_picker(runs: list[Run]) -> Run:
     changes while the page is open.
     """
     by_id = {run.id: run for run in runs}
-    wanted = st.query_params.get("run")
-    if wanted in by_id:
-        if st.session_state.get("job") != wanted:
-            st.session_state["job"] = wanted
-    elif wanted:
-        st.warning(f"Run {wanted!r} from the link is not in this runs directory; showing the newest run.")
-    if st.session_state.get("job") not in by_id:
-        st.session_state["job"] = runs[0].id
+    launch_state.sync_job(list(by_id))
 
     def label(run_id: str) -> str:
         config = by_id[run_id].config()
@@ -160,24 +152,12 @@ def job_picker(runs: list[Run]) -> Run:
         data = f"{config.get('dataset')} / {config.get('backbone')}"
         return f"{config.get('name') or run_id} · {data} · {created} UTC"
 
-    def follow() -> None:
-        st.query_params["run"] = st.session_state["job"]
-
-    chosen = st.selectbox("Job", list(by_id), key="job", format_func=label, on_change=follow)
+    chosen = st.selectbox(
+        "Job", list(by_id), key=launch_state.KEY_JOB, format_func=label, on_change=launch_state.follow_job
+    )
     if st.query_params.get("run") != chosen:
         st.query_params["run"] = chosen
     return by_id[chosen]
-
-
-def elapsed(status: dict) -> str:
-    from datetime import datetime
-
-    try:
-        start = datetime.fromisoformat(status["started"])
-        end = datetime.fromisoformat(status["finished"])
-    except (KeyError, TypeError, ValueError):
-        return "–"
-    return charts.duration_text((end - start).total_seconds())
 
 
 with jobs_column:

@@ -15,6 +15,7 @@ import streamlit as st
 
 from masktune_core.runs import Run
 from studio import charts, common
+from studio import studies as study_ui
 
 st.title("Results")
 
@@ -241,18 +242,13 @@ def run_header(run: Run) -> None:
         f"seed {config.get('seed')}",
     ]
     st.caption(" · ".join(details))
-    links = st.columns(4)
-    with links[0]:
-        common.link("masks", "Masks", run.id, icon=":material/grid_view:")
-    with links[1]:
-        common.link("selective", "Selective classification", run.id, icon=":material/tune:")
-    with links[2]:
-        common.link("try", "Try an image", run.id, icon=":material/add_photo_alternate:")
+    common.run_links(run.id, ("masks", "selective", "try"))
 
 
 def run_view(run: Run, key: str) -> None:
     metrics = common.metrics(run)
     run_header(run)
+    study_ui.one_seed_note(run)
     if not metrics:
         st.warning("This run has no metrics.json; it did not reach the evaluate stage.")
         return
@@ -278,6 +274,7 @@ def run_view(run: Run, key: str) -> None:
     with st.expander("Log (log.txt)"):
         st.code(run.log_text() or "(empty)", language=None)
     downloads(run.id, {run.id: metrics}, key)
+    study_ui.report_button([run.id], key)
 
 
 def downloads(stem: str, named: dict[str, dict[str, Any]], key: str) -> None:
@@ -406,6 +403,8 @@ with common.friendly_errors("The results page"):
         )
         common.link("launch", "Launch an experiment", icon=":material/rocket_launch:")
         common.link("runs", "See all runs and their progress", icon=":material/table_rows:")
+        st.stop()
+    if study_ui.show_study_from_query():
         st.stop()
     by_id = {run.id: run for run in done}
     ids = list(by_id)

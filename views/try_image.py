@@ -8,23 +8,14 @@ import streamlit as st
 
 from masktune_core import selective
 from masktune_core.runs import Run
-from studio import charts, common, inference, viz
-
-KEY_SOURCE = "try_source"
-KEY_SPLIT = "try_split"
-KEY_INDEX = "try_index"
-SOURCES = {"upload": "Upload an image", "sample": "Pick a test sample"}
-
-
-def random_index(size: int) -> None:
-    st.session_state[KEY_INDEX] = int(np.random.default_rng().integers(size))
+from studio import charts, common, inference, try_state, viz
 
 
 def uploaded_image(channels: int, size: int) -> tuple[np.ndarray, str] | None:
     upload = st.file_uploader(
         "PNG or JPEG, at most 10 MB; it is checked by decoding it, whatever its name",
         type=["png", "jpg", "jpeg"],
-        key="try_upload",
+        key=try_state.KEY_UPLOAD,
     )
     if upload is None:
         st.info("Upload an image to see what both models make of it.")
@@ -44,15 +35,16 @@ def sampled_image(run: Run, summary: dict) -> tuple[np.ndarray, str] | None:
     if not test_splits:
         st.info("This run has no test split to sample from.")
         return None
-    if st.session_state.get(KEY_SPLIT) not in test_splits:
-        main = summary.get("main_test_split")
-        st.session_state[KEY_SPLIT] = main if main in test_splits else test_splits[0]
+    try_state.keep_split(test_splits, summary.get("main_test_split"))
     cols = st.columns([1.5, 1, 1], vertical_alignment="bottom")
-    split = cols[0].selectbox("Test split", test_splits, key=KEY_SPLIT)
+    split = cols[0].selectbox("Test split", test_splits, key=try_state.KEY_SPLIT)
     data = inference.split_data(run, split)
-    st.session_state[KEY_INDEX] = min(st.session_state.get(KEY_INDEX, 0), len(data) - 1)
-    index = cols[1].number_input(f"Index (0–{len(data) - 1})", 0, len(data) - 1, step=1, key=KEY_INDEX)
-    cols[2].button("Random sample", on_click=random_index, args=(len(data),), icon=":material/casino:")
+    try_state.keep_index(len(data))
+    last = len(data) - 1
+    index = cols[1].number_input(f"Index (0–{last})", 0, last, step=1, key=try_state.KEY_INDEX)
+    cols[2].button(
+        "Random sample", on_click=try_state.random_index, args=(len(data),), icon=":material/casino:"
+    )
     label = summary["class_names"][int(data.labels[index])]
     note = f"{split} #{index} · true label {label}"
     groups = summary.get("group_names")
@@ -91,9 +83,13 @@ def render(run: Run) -> None:
     channels, size = summary["channels"], summary["image_size"]
     class_names: list[str] = summary["class_names"]
 
-    st.session_state.setdefault(KEY_SOURCE, "upload")
+    try_state.default_source()
     source = st.segmented_control(
-        "Image source", list(SOURCES), format_func=SOURCES.get, key=KEY_SOURCE, label_visibility="collapsed"
+        "Image source",
+        list(try_state.SOURCES),
+        format_func=try_state.SOURCES.get,
+        key=try_state.KEY_SOURCE,
+        label_visibility="collapsed",
     )
     picked = sampled_image(run, summary) if source == "sample" else uploaded_image(channels, size)
     if picked is None:
@@ -102,7 +98,7 @@ def render(run: Run) -> None:
     st.caption(viz.md_escape(note))
 
     result = inference.analyse_image(run, pixels)
-    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="try_opacity")
+    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=try_state.KEY_OPACITY)
     original = viz.to_hwc(pixels)
     factor = viz.upscale_factor(size, target=180)
     method = config["cam_method"]
