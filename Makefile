@@ -1,5 +1,6 @@
 # The two quick-start commands are `make demo` and `make test`; both set everything up first.
 PY := .venv/bin/python
+MASKTUNE := .venv/bin/masktune
 PORT ?= 8501
 
 .PHONY: setup demo run app test test-fast lint format bench reproduce suite
@@ -9,21 +10,23 @@ setup:
 
 ## demo: run the default experiment (biased-digits, small-cnn), then open the dashboard on it
 demo: setup
-	$(PY) -m masktune_core run --name demo
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(MASKTUNE) run --name demo
+	$(MASKTUNE) studio --port $(PORT)
 
 ## run: the default experiment only, on the command line
 run: setup
-	$(PY) -m masktune_core run
+	$(MASKTUNE) run
 
 app: setup
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(MASKTUNE) studio --port $(PORT)
 
 ## test: the whole suite, browser tests included
 test: setup
 	$(PY) -m pytest -q
 
+## test-fast: leaves out the browser tests and every test that trains a model (the `slow` marker)
 test-fast: setup
+	@echo "test-fast leaves out: browser tests (Playwright + chromium) and slow tests (a trained run)"
 	$(PY) -m pytest -q -m "not browser and not slow"
 
 lint: setup

@@ -1,6 +1,8 @@
-"""Command line: ``python -m masktune_core {run,resume,list,show,cancel}``.
+"""Command line: ``masktune {run,resume,list,show,cancel,report,studio}`` (or ``python -m masktune_core``).
 
-Bad input prints one line on stderr naming the field or file, exits non-zero and leaves no run behind.
+Each subcommand is one ``Command`` in ``COMMANDS``: its help line, a function adding its options and a
+function running it. Bad input prints one line on stderr naming the field or file, exits 2 and leaves no
+run behind.
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import sys
+import tomllib
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from masktune_core import studies
-from masktune_core.config import RunConfig
+from masktune_core import jobs, studies
+from masktune_core.config import RunConfig, option_help
 from masktune_core.errors import MaskTuneError
 from masktune_core.report import command as report_command
-from masktune_core.runs import Run, RunStore, default_runs_dir, now_iso, process_start_time
+from masktune_core.runs import Run, RunStore, default_runs_dir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,63 +34,61 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _ConfigHelp(argparse.HelpFormatter):
+    """Help lines for RunConfig flags are written when --help is asked for, not when the parser is built:
+    the dataset and backbone choices come from registries that import torch, which ``list`` never needs."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action.help, _FieldHelp):
+            return option_help(action.help.field).replace("%", "%%")
+        return action.help
+
+
+class _FieldHelp(str):
+    """A help placeholder naming the RunConfig field whose help ``_ConfigHelp`` writes."""
+
+    field: str
+
+    def __new__(cls, field: str) -> _FieldHelp:
+        text = super().__new__(cls, field)
+        text.field = field
+        return text
+
+
 def _config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field, so the CLI can never drift from the config."""
+    """One flag per RunConfig field, its help from the field itself, so the CLI can never drift."""
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         if "bool" in str(f.type):
-            parser.add_argument(flag, action="store_true", default=None)
+            parser.add_argument(flag, action="store_true", default=None, help=_FieldHelp(f.name))
         else:
-            parser.add_argument(flag, default=None, metavar=f.name.upper())
+            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=_FieldHelp(f.name))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m masktune_core", description="MaskTune: ERM -> saliency masks -> finetune."
+def _runs_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runs-dir", default=None, help="run store (default: $MASKTUNE_RUNS_DIR, else runs/ in this folder)"
     )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    run = commands.add_parser("run", help="run an experiment (default: biased-digits with small-cnn)")
-    _config_flags(run)
-    run.add_argument("--config", help="JSON file of options; flags given here override it")
-    run.add_argument("--runs-dir", default=None, help="run store (default: $MASKTUNE_RUNS_DIR or runs/)")
-
-    resume = commands.add_parser("resume", help="continue an interrupted, failed or queued run")
-    resume.add_argument("run_id")
-    resume.add_argument("--runs-dir", default=None)
-    resume.add_argument("--queue", action="store_true", help="wait for a free job slot first")
-
-    listing = commands.add_parser("list", help="list runs")
-    listing.add_argument("--runs-dir", default=None)
-    listing.add_argument("--json", action="store_true")
-
-    show = commands.add_parser("show", help="print a run's config, status and metrics")
-    show.add_argument("run_id")
-    show.add_argument("--runs-dir", default=None)
-    show.add_argument("--json", action="store_true")
-
-    cancel = commands.add_parser("cancel", help="stop a queued or running run")
-    cancel.add_argument("run_id")
-    cancel.add_argument("--runs-dir", default=None)
-    run.add_argument("--seeds", default=None, help="e.g. 0,1,2: one run per seed, as one seed study")
-    report_command.add_parser(commands)
-    return parser
 
 
-# ---------------------------------------------------------------------- commands
-def _stop_flag() -> list[bool]:
-    """A flag SIGTERM sets, polled between training steps, so a cancel ends as 'cancelled', cleanly."""
-    flag = [False]
-
-    def handler(signum: int, frame: Any) -> None:
-        flag[0] = True
-
-    signal.signal(signal.SIGTERM, handler)
-    return flag
+def _store(args: argparse.Namespace) -> RunStore:
+    return RunStore(args.runs_dir or default_runs_dir())
 
 
 def _echo(line: str) -> None:
     print(line, flush=True)
+
+
+# ---------------------------------------------------------------------- commands
+def run_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_flags(parser)
+    parser.add_argument(
+        "--config", help="JSON file of options; flags given beside it override it (default: none)"
+    )
+    parser.add_argument(
+        "--seeds", default=None, help="e.g. 0,1,2: one run per seed, as one seed study (default: one run)"
+    )
+    _runs_dir_flag(parser)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -97,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     values.update({k: v for k, v in given.items() if v is not None})
     config = RunConfig.from_dict(values).resolved()
-    store = RunStore(args.runs_dir or default_runs_dir())
+    store = _store(args)
     if args.seeds is None:
         return _run_one(store, config)
     configs = studies.seed_configs(config, studies.parse_seeds(args.seeds))
@@ -108,9 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_one(store: RunStore, config: RunConfig) -> int:
     run = store.create(config.to_dict())
-    flag = _stop_flag()
-    with run.exclusive():
-        status = _execute(run, flag)
+    status = jobs.work_on(run, store, queue=False, should_stop=jobs.stop_on_sigterm(), echo=_echo)
     if status["state"] == "failed" and status.get("stage") == "data":
         # Bad input found while loading data: say so and leave no half-made run behind.
         shutil.rmtree(run.path, ignore_errors=True)
@@ -123,46 +122,24 @@ def _run_one(store: RunStore, config: RunConfig) -> int:
     return 0
 
 
-def _execute(run: Run, flag: list[bool]) -> dict[str, Any]:
-    from masktune_core.pipeline import execute
-
-    return execute(run, should_stop=lambda: flag[0], echo=_echo)
+def resume_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="the run's id (see list)")
+    _runs_dir_flag(parser)
+    parser.add_argument(
+        "--queue", action="store_true", help="wait for a free job slot first (default: off; jobs use it)"
+    )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from masktune_core.jobs import queue_slot
-
-    flag = _stop_flag()
-    store = RunStore(args.runs_dir or default_runs_dir())
+    should_stop = jobs.stop_on_sigterm()
+    store = _store(args)
     run = store.get(args.run_id)
     run.load_config()
     if run.status()["state"] == "done":
         print(f"run {run.id} is already done", file=sys.stderr)
         print(run.path)
         return 0
-    with run.exclusive():
-        previous = run.status()
-        done = ", ".join(previous.get("stages_done") or []) or "none"
-        if previous.get("state") == "queued":  # started by jobs.start/submit, which logged why
-            run.log(f"job process {os.getpid()} started; stages already done: {done}")
-        else:
-            run.log(
-                f"resumed after state {previous.get('state')!r} at stage {previous.get('stage')!r}; "
-                f"stages already done: {done}"
-            )
-        # This process owns the run from here on; a cancel that reached it is in ``flag``.
-        owner = {"pid": os.getpid(), "pid_start": process_start_time(os.getpid()), "cancel_requested": False}
-        try:
-            if args.queue:
-                queued_at = previous.get("queued_at") if previous.get("state") == "queued" else None
-                run.update_status(state="queued", queued_at=queued_at or now_iso(), **owner)
-                with queue_slot(run, store, lambda: flag[0]):
-                    status = _execute(run, flag)
-            else:
-                run.update_status(**owner)
-                status = _execute(run, flag)
-        except KeyboardInterrupt:
-            status = run.update_status(state="cancelled", error="cancelled by the user", finished=now_iso())
+    status = jobs.work_on(run, store, queue=args.queue, should_stop=should_stop, echo=_echo)
     if status["state"] != "done":
         print(f"error: run {status['state']}: {status.get('error')} ({run.path})", file=sys.stderr)
         return 1
@@ -170,13 +147,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_arguments(parser: argparse.ArgumentParser) -> None:
+    _runs_dir_flag(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = [_summary(run) for run in RunStore(args.runs_dir or default_runs_dir()).list()]
+    rows = [_summary(run) for run in _store(args).list()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print("no runs yet: start one with  python -m masktune_core run")
+        print("no runs yet: start one with  masktune run")
         return 0
     header = (
         f"{'run':40} {'state':11} {'stage':12} {'dataset':22} {'backbone':10} {'ERM':>7} {'MaskTune':>9}"
@@ -233,8 +215,14 @@ def _print_headline(run: Run) -> None:
             print(f"  note: {note}")
 
 
+def show_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="a run's id, or a seed study's (see list)")
+    _runs_dir_flag(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    store = RunStore(args.runs_dir or default_runs_dir())
+    store = _store(args)
     if not (store.root / args.run_id / "config.json").is_file():  # not a run: a seed study?
         summary = studies.summarize(studies.study_runs(store, args.run_id), args.run_id)
         print(json.dumps(summary, indent=2) if args.json else "\n".join(studies.summary_lines(summary)))
@@ -259,23 +247,88 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cancel(args: argparse.Namespace) -> int:
-    from masktune_core.jobs import cancel
+def cancel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="the run's id (see list)")
+    _runs_dir_flag(parser)
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=jobs.CANCEL_GRACE_S,
+        help=f"seconds the job has to stop before it is killed (default: {jobs.CANCEL_GRACE_S:g})",
+    )
 
-    run = RunStore(args.runs_dir or default_runs_dir()).get(args.run_id)
-    cancel(run)
-    print(f"cancel requested for {run.id}")
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    run = _store(args).get(args.run_id)
+    jobs.cancel(run, grace_s=args.grace, wait=True)
+    print(f"{run.id}: {run.status().get('state')}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "show": cmd_show, "cancel": cmd_cancel}
-COMMANDS["report"] = report_command.cmd_report
+def studio_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default: 8501)")
+    _runs_dir_flag(parser)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def studio_command(args: argparse.Namespace) -> list[str]:
+    """The ``streamlit run`` command line for the dashboard, with the project's .streamlit/config.toml
+    passed as flags: Streamlit reads that file only from its working directory, and this command may be
+    started from any folder."""
+    root = jobs.package_root()
+    app = root / "app.py"
+    if not app.is_file():
+        raise MaskTuneError(f"{app}: not found; the dashboard runs from the source tree (pip install -e .)")
+    config_file = root / ".streamlit" / "config.toml"
+    settings = tomllib.loads(config_file.read_text()) if config_file.is_file() else {}
+    flags = {
+        f"{section}.{key}": value for section, values in settings.items() for key, value in values.items()
+    }
+    flags.update({"server.address": "127.0.0.1", "server.port": args.port})
+    values = {key: str(value).lower() if isinstance(value, bool) else value for key, value in flags.items()}
+    return [sys.executable, "-m", "streamlit", "run", str(app), *(f"--{k}={v}" for k, v in values.items())]
+
+
+def cmd_studio(args: argparse.Namespace) -> NoReturn:
+    if args.runs_dir:
+        os.environ["MASKTUNE_RUNS_DIR"] = os.path.abspath(args.runs_dir)
+    command = studio_command(args)
+    sys.stdout.flush()
+    os.execv(command[0], command)  # the server replaces this process, so Ctrl+C reaches it directly
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command("run an experiment (default: biased-digits with small-cnn)", run_arguments, cmd_run),
+    "resume": Command("continue an interrupted, failed or queued run", resume_arguments, cmd_resume),
+    "list": Command("list runs", list_arguments, cmd_list),
+    "show": Command("print a run's config, status and metrics", show_arguments, cmd_show),
+    "cancel": Command("stop a queued or running run (SIGTERM, then SIGKILL)", cancel_arguments, cmd_cancel),
+    "report": Command(report_command.HELP, report_command.add_arguments, report_command.cmd_report),
+    "studio": Command("start the dashboard on 127.0.0.1", studio_arguments, cmd_studio),
+}
+
+
+def build_parser(prog: str = "masktune") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="MaskTune: ERM -> saliency masks -> finetune.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(
+            name, help=command.help, description=command.help, formatter_class=_ConfigHelp
+        )
+        command.arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "masktune") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].handler(args)
     except MaskTuneError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -288,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The ``masktune`` console script."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main(prog="python -m masktune_core"))

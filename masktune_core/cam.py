@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from masktune_core.config import CAM_METHODS
-from masktune_core.errors import ConfigError
+from masktune_core.config import check_choice
 from masktune_core.models import Classifier
 
 FAST_METHODS: tuple[str, ...] = ("xgradcam", "gradcam")
@@ -49,13 +48,6 @@ _LIBRARY_CLASSES = {
 # pytorch-grad-cam's epsilons: XGradCAM's weight denominator and scale_cam_image's min-max denominator.
 _XGRAD_EPS = 1e-7
 _SCALE_EPS = 1e-7
-
-
-def check_method(method: str) -> None:
-    if method not in CAM_METHODS:
-        raise ConfigError(
-            "cam_method", f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}"
-        )
 
 
 def compute_heatmaps(
@@ -77,7 +69,7 @@ def heatmaps_and_logits(
     Every CAM needs that forward for its activations and target class, so a caller that also wants the
     model's predictions gets them without a second pass.
     """
-    check_method(method)
+    check_choice("cam_method", method)
     with _model_state_restored(model):
         if fast and method in FAST_METHODS:
             return _fast_heatmaps(model, images, method)

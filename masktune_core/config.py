@@ -10,11 +10,16 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from masktune_core.errors import ConfigError
+from masktune_core.recipes import RECIPE_KEYS
+
+if TYPE_CHECKING:  # the data registry imports torch; config stays import-light
+    from masktune_core.data.base import DataOptions, DatasetInfo
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "none")
@@ -27,53 +32,95 @@ DEVICES = ("auto", "cpu", "cuda")
 BAD_IMAGE_POLICIES = ("skip", "fail")
 SQUARE_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
+Choices = tuple[str, ...] | Callable[[], tuple[str, ...]]
+
 MAX_FINETUNE_CANDIDATES = 6
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from masktune_core.data import dataset_names
+
+    return tuple(dataset_names())
+
+
+def _backbone_names() -> tuple[str, ...]:
+    from masktune_core.models import MODELS
+
+    return tuple(MODELS)
+
+
+def option(default: Any, help: str, *, choices: Choices | None = None) -> Any:
+    """A RunConfig field with its one line of help and, where it has them, its choices (a tuple, or a
+    function returning one for registries that import torch), so the CLI, the form and the validation
+    all read one list."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class RunConfig:
     """One experiment. ``None`` means "use the dataset's recipe" until ``resolved()`` fills it in."""
 
-    dataset: str = "biased-digits"
-    backbone: str | None = None
-    data_dir: str | None = None
-    image_size: int | None = None
-    download: bool = False
-    pretrained: str | None = None
+    dataset: str = option("biased-digits", "dataset to train on", choices=_dataset_names)
+    backbone: str | None = option(None, "network architecture", choices=_backbone_names)
+    data_dir: str | None = option(None, "folder holding the dataset's files (folder datasets, torchvision)")
+    image_size: int | None = option(None, "side of the square input images, in pixels")
+    download: bool = option(False, "allow torchvision datasets to download into --data-dir")
+    pretrained: str | None = option(None, "local file of pretrained backbone weights (state_dict)")
     # ERM
-    epochs: int | None = None
-    patience: int | None = None
-    batch_size: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    selection: str = "val_accuracy"
+    epochs: int | None = option(None, "most ERM training epochs (early stopping may end sooner)")
+    patience: int | None = option(
+        None, "stop ERM after this many epochs without a better val score (0: never stop early)"
+    )
+    batch_size: int | None = option(None, "images per training and prediction batch")
+    optimizer: str | None = option(None, "optimizer for ERM and the finetune", choices=OPTIMIZERS)
+    lr: float | None = option(None, "ERM learning rate")
+    momentum: float = option(0.9, "SGD momentum (SGD only)")
+    weight_decay: float = option(5e-4, "L2 weight decay")
+    schedule: str = option("cosine", "ERM learning-rate schedule", choices=SCHEDULES)
+    selection: str = option(
+        "val_accuracy",
+        "which ERM epoch to keep, by its val score (worst_group needs groups)",
+        choices=SELECTIONS,
+    )
     # MaskTune
-    finetune_lr: float | None = None
-    finetune_lrs: tuple[float, ...] | None = None
-    finetune_selection: str | None = None
-    iterations: int = 1
-    cam_method: str = "xgradcam"
-    threshold_rule: str | None = None
-    topk_percent: float = 10.0
-    fill: str = "black"
-    randmask: bool = False
+    finetune_lr: float | None = option(
+        None, "learning rate of the masked finetune epoch (given alone: the only candidate)"
+    )
+    finetune_lrs: tuple[float, ...] | None = option(
+        None, "finetune candidates' learning rates, comma-separated; val chooses among them"
+    )
+    finetune_selection: str | None = option(
+        None,
+        "val: keep the finetune candidate best on val, or ERM when none beats it; none: keep the first",
+        choices=FINETUNE_SELECTIONS,
+    )
+    iterations: int = option(1, "rounds of mask + finetune (1 is the method; up to 10)")
+    cam_method: str = option("xgradcam", "saliency method for the masks", choices=CAM_METHODS)
+    threshold_rule: str | None = option(None, "which heatmap pixels to mask", choices=THRESHOLD_RULES)
+    topk_percent: float = option(10.0, "percent of pixels the topk rule masks")
+    fill: str = option("black", "what masked pixels become", choices=FILLS)
+    randmask: bool = option(False, "also finetune on random masks of the same area (the control)")
     # dataset protocol
-    val_fraction: float | None = None  # None: the dataset's own default
-    bad_images: str = "skip"
-    square_size: int = 5
-    square_color: tuple[int, int, int] = (255, 0, 0)
-    square_position: str = "top-left"
-    bias_ratio: float = 0.99
-    train_copies: int | None = None
+    val_fraction: float | None = option(
+        None, "share of train held out as val (datasets without their own val split)"
+    )
+    bad_images: str = option(
+        "skip", "an unreadable image file is skipped or stops the run", choices=BAD_IMAGE_POLICIES
+    )
+    square_size: int = option(5, "side of the coloured square in pixels (biased datasets)")
+    square_color: tuple[int, int, int] = option(
+        (255, 0, 0), "colour of the square as R,G,B (biased datasets)"
+    )
+    square_position: str = option(
+        "top-left", "corner of the square (biased datasets)", choices=SQUARE_POSITIONS
+    )
+    bias_ratio: float = option(0.99, "share of class-0 train/val images with the square (biased datasets)")
+    train_copies: int | None = option(None, "random-affine copies of each training image (digits datasets)")
     # execution
-    seed: int = 0
-    device: str = "auto"
-    name: str | None = None
-    # The id shared by the runs of one seed study (``run --seeds``); None for a single run.
-    study: str | None = None
+    seed: int = option(0, "seed of the split, the initial weights, the batches and the squares")
+    device: str = option("auto", "where to train (auto: cuda if available)", choices=DEVICES)
+    name: str | None = option(None, "a readable name for the run (part of its id)")
+    study: str | None = option(None, "the id shared by the runs of one seed study (run --seeds sets it)")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -118,7 +165,7 @@ class RunConfig:
     def resolved(self) -> RunConfig:
         """A copy with every ``None`` recipe option taken from the recipe of the dataset, backbone and
         regime (masktune_core.recipes). A finetune lr given alone is the only finetune candidate."""
-        from masktune_core.recipes import RECIPE_KEYS, recipe_for
+        from masktune_core.recipes import recipe_for
 
         recipe = recipe_for(self.dataset, self.backbone, self.pretrained).as_dict()
         updates = {key: recipe[key] for key in RECIPE_KEYS if getattr(self, key) is None and key in recipe}
@@ -128,7 +175,7 @@ class RunConfig:
         config.validate()
         return config
 
-    def data_options(self):  # -> DataOptions (imported lazily to keep config import-light)
+    def data_options(self) -> DataOptions:
         from masktune_core.data import DataOptions
 
         return DataOptions(
@@ -142,33 +189,22 @@ class RunConfig:
             square_color=tuple(self.square_color),
             square_position=self.square_position,
             bias_ratio=self.bias_ratio,
-            train_copies=self._recipe_value("train_copies"),
+            # Only the datasets that make copies read this; their recipe always sets it.
+            train_copies=self.train_copies or 0,
         )
-
-    def _recipe_value(self, key: str) -> Any:
-        if getattr(self, key) is not None:
-            return getattr(self, key)
-        from masktune_core.recipes import recipe_for
-
-        return getattr(recipe_for(self.dataset, self.backbone, self.pretrained), key)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         from masktune_core.data import get_dataset_info
-        from masktune_core.models import MODELS
 
-        get_dataset_info(self.dataset)  # raises ConfigError("dataset", ...) naming the choices
-        if self.backbone is not None and self.backbone not in MODELS:
-            raise ConfigError(
-                "backbone", f"unknown backbone {self.backbone!r}; choose one of {', '.join(MODELS)}"
-            )
+        info = get_dataset_info(self.dataset)  # raises ConfigError("dataset", ...) naming the choices
+        for f in fields(self):
+            if f.metadata.get("choices") is not None:
+                check_choice(f.name, getattr(self, f.name))
         _positive_int("epochs", self.epochs)
         _positive_int("patience", self.patience, lower=0, upper=1000)
         _positive_int("batch_size", self.batch_size)
         _positive_int("iterations", self.iterations, upper=10)
-        _positive_int("image_size", self.image_size, lower=8, upper=1024)
-        _positive_int("square_size", self.square_size)
-        _positive_int("train_copies", self.train_copies, lower=0, upper=64)
         _positive_int("seed", self.seed, lower=0, upper=2**31 - 1)
         _positive_float("lr", self.lr)
         _positive_float("finetune_lr", self.finetune_lr)
@@ -179,24 +215,10 @@ class RunConfig:
                 )
             for lr in self.finetune_lrs:
                 _positive_float("finetune_lrs", lr)
-        _choice("finetune_selection", self.finetune_selection, FINETUNE_SELECTIONS)
         _in_range("momentum", self.momentum, 0.0, 0.999)
         _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _in_range("topk_percent", self.topk_percent, 0.1, 99.9)
-        if self.val_fraction is not None:
-            _in_range("val_fraction", self.val_fraction, 0.01, 0.5)
-        _in_range("bias_ratio", self.bias_ratio, 0.5, 1.0)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("selection", self.selection, SELECTIONS)
-        _choice("cam_method", self.cam_method, CAM_METHODS)
-        _choice("threshold_rule", self.threshold_rule, THRESHOLD_RULES)
-        _choice("fill", self.fill, FILLS)
-        _choice("device", self.device, DEVICES)
-        _choice("bad_images", self.bad_images, BAD_IMAGE_POLICIES)
-        _choice("square_position", self.square_position, SQUARE_POSITIONS)
-        if len(self.square_color) != 3 or any(not 0 <= c <= 255 for c in self.square_color):
-            raise ConfigError("square_color", "needs three integers from 0 to 255, e.g. 255,0,0")
+        check_data_options(self.data_options(), info)
         if self.data_dir is not None and not self.download and not Path(self.data_dir).is_dir():
             raise ConfigError(
                 "data_dir", f"{self.data_dir} is not a directory (pass --download to fetch data)"
@@ -209,6 +231,93 @@ class RunConfig:
             raise ConfigError(
                 "study", "use 1 to 128 letters, digits, '.', '_' or '-', starting with one of the first two"
             )
+        self._refuse_ignored(info)
+
+    def _refuse_ignored(self, info: DatasetInfo) -> None:
+        """An option this dataset or optimizer would silently ignore is an error, so no run claims a
+        setting it never used. Options left at their default are not "given"."""
+        options = self.data_options()
+        if self.selection == "worst_group" and not info.has_groups(options):
+            raise ConfigError("selection", f"worst_group needs group labels, and {self.dataset} has none")
+        if self.train_copies is not None and not info.train_copies:
+            raise ConfigError(
+                "train_copies", f"{self.dataset} makes no affine copies (only the digits sets do)"
+            )
+        if self.val_fraction is not None and info.has_own_val(options):
+            raise ConfigError(
+                "val_fraction", f"{self.dataset} brings its own val split, so nothing is held out"
+            )
+        if not info.biased:
+            for name in ("square_size", "square_color", "square_position", "bias_ratio"):
+                if getattr(self, name) != _default(name):
+                    raise ConfigError(
+                        name, f"{self.dataset} has no coloured square (only the biased-* sets do)"
+                    )
+        if self.optimizer == "adam" and self.momentum != _default("momentum"):
+            raise ConfigError("momentum", "Adam takes no momentum (it applies to --optimizer sgd only)")
+
+
+def check_data_options(options: DataOptions, info: DatasetInfo) -> None:
+    """ConfigError naming the first invalid data option of the dataset ``info`` describes.
+
+    ``RunConfig.validate`` and ``build_dataset``, the data registry's entry point, both call it, so no
+    builder re-checks an option. The square must fit in half the image: ``image_size``, or else the
+    dataset's recipe size.
+    """
+    _positive_int("image_size", options.image_size, lower=8, upper=1024)
+    _positive_int("train_copies", options.train_copies, lower=0, upper=64)
+    if options.val_fraction is not None:
+        _in_range("val_fraction", options.val_fraction, 0.01, 0.5)
+    check_choice("bad_images", options.bad_images)
+    if not info.biased:
+        return
+    size = options.image_size or info.recipe.image_size
+    _positive_int("square_size", options.square_size, upper=None if size is None else size // 2)
+    _in_range("bias_ratio", options.bias_ratio, 0.5, 1.0)
+    color = options.square_color
+    if not (
+        isinstance(color, tuple | list)
+        and len(color) == 3
+        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
+    ):
+        raise ConfigError("square_color", f"needs three integers from 0 to 255, e.g. 255,0,0; got {color!r}")
+    check_choice("square_position", options.square_position)
+
+
+def _default(name: str) -> Any:
+    return RunConfig.__dataclass_fields__[name].default
+
+
+def option_choices(name: str) -> tuple[str, ...] | None:
+    """The allowed values of RunConfig field ``name``, or None for a free value."""
+    choices = RunConfig.__dataclass_fields__[name].metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def check_choice(name: str, value: str | None) -> None:
+    """ConfigError naming ``name`` unless ``value`` is None or one of the field's choices; the one check
+    every module's public entry point uses (cam methods, threshold rules, fills, ...)."""
+    choices = option_choices(name) or ()
+    if value is not None and value not in choices:
+        raise ConfigError(name, f"unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+def option_help(name: str) -> str:
+    """One line for ``--help`` and the form: what the field does, its default and its choices."""
+    f = RunConfig.__dataclass_fields__[name]
+    if f.default is None:
+        default = "dataset recipe" if name in RECIPE_KEYS else "none"
+        if name == "val_fraction":
+            default = "the dataset's own"
+    elif isinstance(f.default, bool):
+        default = "on" if f.default else "off"
+    elif isinstance(f.default, tuple):
+        default = ",".join(str(v) for v in f.default)
+    else:
+        default = str(f.default)
+    choices = option_choices(name)
+    text = f"{f.metadata['help']} (default: {default}"
+    return text + (f"; choices: {', '.join(choices)})" if choices else ")")
 
 
 # ---------------------------------------------------------------------- coercion helpers
@@ -260,6 +369,14 @@ def _parse_color(name: str, value: Any) -> tuple[int, int, int]:
     return color  # type: ignore[return-value]
 
 
+def _positive_int(name: str, value: int | None, *, lower: int = 1, upper: int | None = None) -> None:
+    if value is None:
+        return
+    if value < lower or (upper is not None and value > upper):
+        bound = f"from {lower} to {upper}" if upper is not None else f"at least {lower}"
+        raise ConfigError(name, f"must be {bound}, got {value}")
+
+
 def _parse_numbers(name: str, value: Any) -> tuple[float, ...]:
     parts = value.split(",") if isinstance(value, str) else value
     try:
@@ -271,14 +388,6 @@ def _parse_numbers(name: str, value: Any) -> tuple[float, ...]:
     return numbers
 
 
-def _positive_int(name: str, value: int | None, *, lower: int = 1, upper: int | None = None) -> None:
-    if value is None:
-        return
-    if value < lower or (upper is not None and value > upper):
-        bound = f"from {lower} to {upper}" if upper is not None else f"at least {lower}"
-        raise ConfigError(name, f"must be {bound}, got {value}")
-
-
 def _positive_float(name: str, value: float | None) -> None:
     if value is not None and not value > 0:
         raise ConfigError(name, f"must be greater than 0, got {value}")
@@ -287,11 +396,6 @@ def _positive_float(name: str, value: float | None) -> None:
 def _in_range(name: str, value: float, lower: float, upper: float) -> None:
     if not lower <= value <= upper:
         raise ConfigError(name, f"must be from {lower} to {upper}, got {value}")
-
-
-def _choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
-    if value is not None and value not in choices:
-        raise ConfigError(name, f"unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
 __all__ = ["RunConfig"]

@@ -8,8 +8,6 @@ ever written.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,16 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from masktune_core.cam import check_method, heatmaps_and_logits
-from masktune_core.config import FILLS, THRESHOLD_RULES
+from masktune_core.cam import heatmaps_and_logits
+from masktune_core.config import check_choice
 from masktune_core.errors import ConfigError, DataError
 from masktune_core.models import Classifier
+from masktune_core.runs import atomic_path
 
 
 def check_threshold_rule(rule: str, topk_percent: float) -> None:
-    if rule not in THRESHOLD_RULES:
-        choices = ", ".join(THRESHOLD_RULES)
-        raise ConfigError("threshold_rule", f"unknown threshold rule {rule!r}; choose one of {choices}")
+    check_choice("threshold_rule", rule)
     if rule == "topk" and not 0 < topk_percent <= 100:
         raise ConfigError("topk_percent", f"must be in (0, 100], got {topk_percent}")
 
@@ -83,7 +80,7 @@ def compute_masks(
     only the bool masks and the probabilities are kept, so memory is those plus one batch.
     ``progress(done, total)`` is called after each batch.
     """
-    check_method(method)
+    check_choice("cam_method", method)
     check_threshold_rule(rule, topk_percent)
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be at least 1, got {batch_size}")
@@ -144,8 +141,7 @@ def apply_masks(
     (``mean`` per channel on the [0, 1] scale); "blur": the same pixels of a Gaussian-blurred copy, with
     a kernel about a quarter of the image size. Works on the images' device; call it per batch.
     """
-    if fill not in FILLS:
-        raise ConfigError("fill", f"unknown fill {fill!r}; choose one of {', '.join(FILLS)}")
+    check_choice("fill", fill)
     if images_uint8.shape[0] != masks.shape[0] or images_uint8.shape[-2:] != masks.shape[-2:]:
         raise ValueError(f"images {tuple(images_uint8.shape)} and masks {tuple(masks.shape)} do not match")
     hidden = masks[:, None].to(images_uint8.device)
@@ -175,23 +171,15 @@ def _blurred(images_uint8: Tensor) -> Tensor:
 
 
 def save_masks(path: str | Path, masks: Tensor) -> None:
-    """Store bool masks [N, H, W] bit-packed in a compressed .npz, written atomically.
+    """Store bool masks [N, H, W] bit-packed in a compressed .npz, written atomically and durably.
 
     Each mask takes ceil(H*W/8) bytes before compression: 98 bytes at 28x28, 128 at 32x32, 6,272 at
     224x224; the zip compression then shrinks the mostly empty rows further.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     masks = masks.detach().to("cpu", torch.bool)
     bits = np.packbits(masks.flatten(1).numpy(), axis=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, bits=bits, shape=np.asarray(masks.shape, dtype=np.int64))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, bits=bits, shape=np.asarray(masks.shape, dtype=np.int64))
 
 
 def load_masks(path: str | Path) -> Tensor:

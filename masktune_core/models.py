@@ -8,8 +8,6 @@ method. Checkpoints are plain state_dicts, read with ``weights_only=True`` so th
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from masktune_core.errors import CheckpointError, ConfigError
+from masktune_core.runs import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -317,17 +316,9 @@ def build_model(
 
 
 def save_state(model: nn.Module, path: str | Path) -> None:
-    """Write ``model.state_dict()`` to ``path`` atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(model.state_dict(), fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``model.state_dict()`` to ``path`` atomically and durably (``runs.atomic_path``)."""
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
 
 
 def load_state(model: Classifier, path: str | Path) -> None:

@@ -166,6 +166,7 @@ def dataset_summary(bundle: DatasetBundle) -> dict[str, Any]:
         "main_test_split": bundle.main_test_split,
         "eval_splits": bundle.eval_splits,
         "split_sizes": {name: len(split) for name, split in bundle.splits.items()},
+        "fingerprints": {name: split.fingerprint for name, split in bundle.splits.items()},
         "train_group_counts": None
         if train_groups is None
         else np.bincount(train_groups.numpy(), minlength=len(bundle.group_names or [])).tolist(),
@@ -589,7 +590,9 @@ def execute(
             run.append_event({"stage": stage, "kind": "timing", "seconds": time.monotonic() - started})
             progress.finish(stage)
         return run.update_status(state="done", stage=None, progress=1.0, eta_s=0, finished=now_iso())
-    except (Cancelled, KeyboardInterrupt):
+    except (Cancelled, KeyboardInterrupt, InterruptedError):
+        # InterruptedError is an OSError subclass: caught here, first, it reads as the stop it is,
+        # never as the disk failure the OSError branch below would report.
         run.log("cancelled by the user")
         return run.update_status(
             state="cancelled", eta_s=None, finished=now_iso(), error="cancelled by the user"

@@ -64,7 +64,6 @@ GENERIC = Recipe(
     finetune_lr=0.001,
     finetune_selection="val",
     threshold_rule="mean+2std",
-    train_copies=8,
 )
 # From scratch on a real-image dataset: Adam at 1e-3 for up to 30 epochs, stopped 5 epochs after the best
 # val score. The finetune candidates span a decade below and at the ERM rate: which one helps depends on

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: Debian packages (when run as root and missing) and the .venv with pinned requirements.
+# Idempotent set-up: Debian packages (when run as root and missing), the .venv with pinned requirements,
+# and this project installed editable into it (the `masktune` command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,11 +18,17 @@ if [ "${#want_apt[@]}" -gt 0 ]; then
   fi
 fi
 
-stamp=.venv/.installed-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+# The stamp covers pyproject.toml too, so a new console script or package is installed on the next run.
+stamp=.venv/.installed-$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-dev.txt
+  # Editable: the dashboard runs app.py and views/ from this tree. The pinned requirements are already
+  # in; setuptools comes with them, so the build needs no download of its own. The warning silenced is
+  # setuptools' notice that a folder named like a package in the working directory wins imports: here
+  # that folder is the package itself.
+  PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -76,10 +76,7 @@ def run_picker(
     runs = [r for r in store().list() if states is None or r.status().get("state") in states]
     if not runs:
         wanted = " or ".join(states) if states else "any"
-        where.info(
-            f"No run in state {wanted} yet. Start one on the **Launch** page "
-            "(or `python -m masktune_core run`)."
-        )
+        where.info(f"No run in state {wanted} yet. Start one on the **Launch** page (or `masktune run`).")
         return None
     ids = [r.id for r in runs]
     wanted_id = st.query_params.get(param)

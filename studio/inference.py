@@ -154,16 +154,23 @@ def _float_images(images_uint8: Any) -> Any:  # -> torch.Tensor; torch is import
 def split_data(run: Run, split: str) -> Any:
     """The run's ``split`` (a ``Split``) as the dataset builds it now.
 
-    Raises DataError when its size differs from the run's record (dataset.json): the dataset's files or
-    code changed since the run, and its images would no longer line up with the stored masks and
-    predictions.
+    Raises DataError naming the dataset and the split when the images, labels or groups differ from the
+    ones the run was made on (the fingerprint in dataset.json; runs recorded before fingerprints existed
+    are compared by size): the dataset's files or code changed since, and its images would no longer line
+    up with the stored masks and predictions.
     """
     data = common.bundle(run).splits[split]
-    recorded = common.dataset_summary(run).get("split_sizes", {}).get(split)
-    if recorded is not None and recorded != len(data):
+    summary = common.dataset_summary(run)
+    recorded = summary.get("fingerprints", {}).get(split)
+    changed = (
+        data.fingerprint != recorded
+        if recorded
+        else summary.get("split_sizes", {}).get(split, len(data)) != len(data)
+    )
+    if changed:
         raise DataError(
             run.config().get("dataset", "dataset"),
-            f"the {split} split now has {len(data):,} images but run {run.id} was made on {recorded:,}; "
+            f"the {split} split ({len(data):,} images now) is not the one run {run.id} was made on; "
             "the dataset changed since, so its images no longer line up with the run's masks and predictions",
         )
     return data

@@ -16,6 +16,9 @@ import streamlit as st
 from masktune_core import config as config_lib
 from masktune_core.config import RunConfig
 from masktune_core.errors import ConfigError, MaskTuneError
+
+# The pages show each queued run's place in line; the engine's job queue is the one place that orders it.
+from masktune_core.jobs import queue_positions as queue_positions
 from masktune_core.runs import ACTIVE_STATES, Run, RunStore
 
 DEFAULTS = RunConfig()
@@ -68,19 +71,16 @@ class DatasetChoice:
 
 
 def dataset_choice(name: str) -> DatasetChoice:
-    from masktune_core.data import biased, digits, get_dataset_info
+    from masktune_core.data import get_dataset_info
 
     info = get_dataset_info(name)
-    is_biased = info.builder.__module__ == biased.__name__
-    # The biased-square datasets are named "biased-<base>" after the dataset they wrap.
-    base = get_dataset_info(name.removeprefix("biased-")) if is_biased else info
     return DatasetChoice(
         name=name,
         description=info.description,
         recipe=recipe_defaults(name),
         needs_data_dir=info.needs_data_dir,
-        biased=is_biased,
-        augmented_copies=base.builder.__module__ == digits.__name__,
+        biased=info.biased,
+        augmented_copies=info.train_copies,
     )
 
 
@@ -115,16 +115,6 @@ def rgb_to_hex(rgb: tuple[int, int, int] | list[int]) -> str:
 
 
 # ---------------------------------------------------------------------- queue
-def queue_positions(runs: list[Run]) -> dict[str, int]:
-    """1-based place in line of each queued run, in the order the engine's job slots serve them."""
-    queued = []
-    for run in runs:
-        status = run.status()
-        if status.get("state") == "queued":
-            queued.append((status.get("queued_at") or "", run.id))
-    return {run_id: i + 1 for i, (_, run_id) in enumerate(sorted(queued))}
-
-
 def active_runs(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r.status().get("state") in ACTIVE_STATES]
 

@@ -1,7 +1,13 @@
-"""Shared fixtures: one tiny finished run made once per session and copied for each test that needs it."""
+"""Shared fixtures: one tiny finished run made once per session and copied for each test that needs it.
+
+Two suite-wide rules live here too: a test that uses the trained run is marked ``slow`` (so
+``make test-fast`` leaves it out honestly), and under ``CI=true`` a skipped test fails, because a missing
+chromium or missing Fashion-MNIST files must not turn the run green.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +30,26 @@ TINY_RUN = {
     "name": "tiny",
     "seed": 0,
 }
+
+
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+TRAINS_A_RUN = "tiny_run_template"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINS_A_RUN in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run ({reason})"
 
 
 @pytest.fixture(scope="session")

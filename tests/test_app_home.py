@@ -32,7 +32,7 @@ def test_empty_store_explains_the_first_step(empty_store: RunStore) -> None:
     at = open_runs()
     assert "No runs yet" in texts(at)
     assert any(b.label == "Launch the demo run" for b in at.button)
-    assert any("python -m masktune_core run" in c.value for c in at.code)
+    assert any("masktune run" in c.value for c in at.code)
 
 
 def test_demo_button_queues_a_run_and_opens_its_progress(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import json
 import shutil
 
 import numpy as np
@@ -139,14 +139,24 @@ def test_train_predictions_of_an_older_run_are_computed_by_the_page(finished_sto
     assert not at.exception and not at.error
 
 
-def test_changed_dataset_is_reported_not_misaligned(finished_store: RunStore) -> None:
-    run = finished_store.list()[0]
-    summary_path = run.file("dataset.json")
-    summary = json.loads(summary_path.read_text())
-    summary["split_sizes"]["train"] += 1
-    summary_path.write_text(json.dumps(summary))
+def test_changed_dataset_is_reported_not_misaligned(
+    finished_store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected: the dataset rebuilt with the same split sizes but its training images in another order
+    (as after editing a dataset folder). Kept: the page names the dataset and the split and refuses to
+    pair those images with the run's masks and predictions."""
+    real_bundle = common.bundle
+
+    def edited(run: object) -> object:
+        bundle = real_bundle(run)
+        train = bundle.splits["train"]
+        reordered = train.subset(torch.arange(len(train)).flip(0))
+        return dataclasses.replace(bundle, splits={**bundle.splits, "train": reordered})
+
+    monkeypatch.setattr(common, "bundle", edited)
     at = masks_page()
-    assert any("the dataset changed since" in e.value for e in at.error)
+    errors = [e.value for e in at.error if "the dataset changed since" in e.value]
+    assert errors and "biased-digits" in errors[0] and "train split" in errors[0]
 
 
 # ---------------------------------------------------------------------------------------- rendering

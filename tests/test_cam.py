@@ -3,7 +3,8 @@ import functools
 import pytest
 import torch
 
-from masktune_core.cam import CAM_METHODS, compute_heatmaps
+from masktune_core.cam import compute_heatmaps
+from masktune_core.config import CAM_METHODS
 from masktune_core.errors import ConfigError
 from masktune_core.models import Classifier, build_model
 

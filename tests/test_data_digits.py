@@ -216,11 +216,25 @@ def test_biased_is_seeded(biased):
 
 def test_train_copies_come_from_the_recipe_unless_given():
     from masktune_core.config import RunConfig
-    from masktune_core.recipes import GENERIC
 
     recipe = DATASETS["biased-digits"].recipe.train_copies
-    assert recipe != GENERIC.train_copies  # biased-digits sets its own
+    assert recipe != DATASETS["digits"].recipe.train_copies  # biased-digits sets its own
     assert RunConfig(dataset="biased-digits").resolved().data_options().train_copies == recipe
-    assert RunConfig(dataset="digits").resolved().train_copies == GENERIC.train_copies
+    assert RunConfig(dataset="digits").resolved().train_copies == DATASETS["digits"].recipe.train_copies
+    assert RunConfig(dataset="mnist").resolved().train_copies is None  # no copies: nothing to set
     given = RunConfig(dataset="biased-digits", train_copies=2).resolved()
     assert given.train_copies == given.data_options().train_copies == 2
+
+
+def test_the_fingerprint_sees_a_pixel_a_label_and_the_order_change():
+    split = build_dataset("digits", DataOptions(train_copies=0, image_size=16)).splits["train"]
+    prints = {split.fingerprint}
+    pixel = split.subset(torch.arange(len(split)))
+    pixel.images[0, 0, 0, 0] ^= 1
+    label = split.subset(torch.arange(len(split)))
+    label.labels[0] = (label.labels[0] + 1) % 10
+    order = split.subset(torch.arange(len(split)).flip(0))
+    for changed in (pixel, label, order):
+        prints.add(changed.fingerprint)
+    assert len(prints) == 4
+    assert split.subset(torch.arange(len(split))).fingerprint == split.fingerprint

@@ -183,6 +183,7 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.slow  # trains runs end to end in job processes
 @pytest.mark.parametrize(("point", "stage", "done_before"), KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
 def test_sigkill_in_stage_then_resume_matches_an_uninterrupted_run(
     reference: Run, image_dir: Path, tmp_path: Path, point: str, stage: str, done_before: list[str]
@@ -274,6 +275,7 @@ class Sampler:
         wait_for(lambda: all(r.status()["state"] not in ACTIVE_STATES for r in self.runs), "the jobs", self)
 
 
+@pytest.mark.slow  # trains runs end to end in job processes
 def test_one_slot_runs_jobs_in_turn_and_a_cancel_while_queued_sticks(
     store: RunStore, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,6 +301,7 @@ def test_one_slot_runs_jobs_in_turn_and_a_cancel_while_queued_sticks(
     assert show_json(third)["status"]["state"] == "cancelled"
 
 
+@pytest.mark.slow  # trains runs end to end in job processes
 def test_two_slots_run_two_jobs_at_once(
     store: RunStore, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -314,6 +317,7 @@ def test_two_slots_run_two_jobs_at_once(
         assert run.metrics()["splits"]["test"]["masktune"]["accuracy"] is not None
 
 
+@pytest.mark.slow  # trains runs end to end in job processes
 def test_a_killed_job_reads_interrupted_after_a_restart_and_resumes_once(
     store: RunStore, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -396,3 +400,73 @@ def test_cancel_of_a_dead_job_records_cancelled_and_start_refuses_an_active_one(
     process.wait()
     jobs.cancel(run)
     assert run.raw_status()["state"] == "cancelled"
+
+
+# ---------------------------------------------------------------------- cancel escalation
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected: a job process that ignores SIGTERM (as one stuck in a system call never reaches the
+    point where it checks its stop flag). Kept: cancel kills it after the grace period and the run reads
+    as cancelled."""
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "print('ready', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert stubborn.stdout.readline().strip() == "ready"
+        run = store.create(RunConfig().resolved().to_dict())
+        run.update_status(state="running", pid=stubborn.pid, pid_start=process_start_time(stubborn.pid))
+        monkeypatch.setattr(jobs, "CANCEL_GRACE_S", 0.5, raising=False)
+        started = time.monotonic()
+        jobs.cancel(run)
+        assert stubborn.wait(timeout=30) == -signal.SIGKILL
+        assert time.monotonic() - started >= 0.5
+        wait_for(lambda: run.status()["state"] == "cancelled", "the run to read cancelled")
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+
+
+def test_cancel_never_signals_its_own_process_group(tmp_path: Path) -> None:
+    """Injected: a cancel, from a process leading its own group (a dashboard started from a shell), of a
+    run that process created and still lists as its own. Kept: that process survives and the run reads
+    as cancelled."""
+    code = (
+        "import sys; from masktune_core import jobs; from masktune_core.config import RunConfig; "
+        "from masktune_core.runs import RunStore; "
+        "run = RunStore(sys.argv[1]).create(RunConfig().resolved().to_dict()); "
+        "jobs.cancel(run); print('alive', run.status()['state'])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "runs")],
+        env=env, capture_output=True, text=True, timeout=WAIT_S, start_new_session=True,
+    )  # fmt: skip
+    assert result.stdout.split() == ["alive", "cancelled"], (result.returncode, result.stderr)
+
+
+# ---------------------------------------------------------------------- a launcher in another folder
+@pytest.mark.slow  # trains a run end to end in a job process
+def test_a_job_launched_from_another_folder_runs_to_done(tmp_path: Path) -> None:
+    """Injected: the launcher the dashboard uses, started from an unrelated working directory with a
+    relative runs folder and no PYTHONPATH (as `streamlit run /path/to/app.py` from elsewhere would be).
+    Kept: the job process finds the package and the run reaches done."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    options = {"dataset": "biased-digits", "train_copies": 0, "epochs": 1, "image_size": 16, "batch_size": 64}
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+        "from masktune_core import jobs; from masktune_core.config import RunConfig; "
+        "from masktune_core.runs import RunStore; "
+        f"print(jobs.submit(RunStore('runs'), RunConfig.from_dict({options!r})).id)"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=WAIT_S
+    )
+    assert result.returncode == 0, result.stderr
+    run = RunStore(elsewhere / "runs").get(result.stdout.strip())
+    wait_for(lambda: run.status()["state"] not in ACTIVE_STATES, "the job")
+    assert run.status()["state"] == "done", (run.status(), run.file("process.txt").read_text())

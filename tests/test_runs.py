@@ -355,3 +355,63 @@ def test_delete_refuses_an_active_run_and_removes_a_finished_one(store: RunStore
     run.update_status(state="done")
     store.delete(run.id)
     assert store.list() == [] and list(store.root.iterdir()) == []
+
+
+# ---------------------------------------------------------------------- every file a run writes is durable
+def test_every_file_a_run_writes_is_fsynced_then_renamed_then_its_folder_fsynced(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected: a record of every fsync. Kept: checkpoints, masks, predictions and JSON files each reach
+    the disk before their rename and their folder after it, so a power cut never leaves a stage
+    recorded as done over an empty file."""
+    import numpy as np
+    import torch
+
+    from masktune_core import masking, models
+
+    synced: list[Path] = []
+    real_fsync = runs._fsync
+
+    def record(path: Path) -> None:
+        synced.append(Path(path))
+        real_fsync(path)
+
+    monkeypatch.setattr(runs, "_fsync", record)
+    writes = {
+        run.checkpoint_path("erm"): lambda: models.save_state(
+            torch.nn.Linear(2, 2), run.checkpoint_path("erm")
+        ),
+        run.masks_path("iter1"): lambda: masking.save_masks(
+            run.masks_path("iter1"), torch.ones(2, 4, 4, dtype=torch.bool)
+        ),
+        run.predictions_path("val"): lambda: run.save_predictions("val", {"label": np.zeros(2)}),
+        run.file("metrics.json"): lambda: runs.write_json(run.file("metrics.json"), {"splits": {}}),
+    }
+    for target, write in writes.items():
+        synced.clear()
+        write()
+        assert len(synced) == 2, target
+        temporary, folder = synced
+        assert temporary.parent == target.parent and temporary.name.startswith(f".{target.name}.")
+        assert folder == target.parent and target.is_file()
+    assert not list(run.path.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------------- an interrupted system call
+def test_an_interrupted_system_call_in_training_reads_as_cancelled_not_a_disk_failure(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected: InterruptedError (an OSError subclass) raised by the training loop. Kept: the run reads
+    as cancelled, as a stop, and is never reported as a failing disk."""
+    from masktune_core import train
+    from masktune_core.config import RunConfig
+    from masktune_core.pipeline import execute
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise InterruptedError(errno.EINTR, "Interrupted system call")
+
+    monkeypatch.setattr(train, "train_epoch", interrupted)
+    config = RunConfig.from_dict({"dataset": "biased-digits", "train_copies": 0, "epochs": 1}).resolved()
+    status = execute(store.create(config.to_dict()))
+    assert status["state"] == "cancelled", status
+    assert "disk" not in (status.get("error") or "")

@@ -47,7 +47,7 @@ def empty_state() -> None:
         launch_demo()
     common.link("launch", "Or configure an experiment on the Launch page", icon=":material/tune:")
     st.caption("From a terminal, the same demo run:")
-    st.code("python -m masktune_core run --name demo", language="bash")
+    st.code("masktune run --name demo", language="bash")
 
 
 def headline(run: Run) -> tuple[str | None, dict[str, float | None]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from masktune_core.data.base import DataOptions, DatasetBundle, DatasetInfo, Split
+from masktune_core.data.base import DataOptions, DatasetBundle, DatasetInfo, Declared, Split
 from masktune_core.errors import ConfigError
 from masktune_core.recipes import Recipe
 
@@ -19,10 +19,24 @@ def register(
     recipe: Recipe | None = None,
     recipes: dict[str, Recipe] | None = None,
     availability: Callable[[DataOptions], tuple[bool, str]] | None = None,
+    biased: bool = False,
+    train_copies: bool = False,
+    groups: Declared = False,
+    own_val: Declared = False,
 ) -> Callable[[Callable[[DataOptions], DatasetBundle]], Callable[[DataOptions], DatasetBundle]]:
     def wrap(builder: Callable[[DataOptions], DatasetBundle]) -> Callable[[DataOptions], DatasetBundle]:
         DATASETS[name] = DatasetInfo(
-            name, description, builder, needs_data_dir, recipe or Recipe(), recipes or {}, availability
+            name,
+            description,
+            builder,
+            needs_data_dir,
+            recipe or Recipe(),
+            recipes or {},
+            availability,
+            biased=biased,
+            train_copies=train_copies,
+            groups=groups,
+            own_val=own_val,
         )
         return builder
 
@@ -42,7 +56,12 @@ def dataset_names() -> list[str]:
 
 
 def build_dataset(name: str, options: DataOptions) -> DatasetBundle:
-    return get_dataset_info(name).builder(options)
+    """Load dataset ``name``; ConfigError naming the option if ``options`` holds an invalid value."""
+    from masktune_core.config import check_data_options
+
+    info = get_dataset_info(name)
+    check_data_options(options, info)
+    return info.builder(options)
 
 
 def dataset_availability(name: str, options: DataOptions) -> tuple[bool, str]:

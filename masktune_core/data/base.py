@@ -7,8 +7,10 @@ so a black mask is exactly 0 before normalisation, as in the method.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -26,6 +28,19 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the decoded pixels, labels and groups, in order: a run records it, so a dataset
+        edited since (same size, other images, or the same images reordered) is told apart from the one
+        its masks and predictions line up with. About 0.15 s for 35k images of 3x28x28."""
+        digest = hashlib.sha256()
+        for tensor in (self.images, self.labels, self.groups):
+            if tensor is not None:
+                array = tensor.contiguous().numpy()
+                digest.update(repr((array.dtype.str, array.shape)).encode())
+                digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()
 
     def subset(self, index: torch.Tensor) -> Split:
         return Split(
@@ -92,11 +107,19 @@ class DatasetBundle:
         return [path for split in self.splits.values() for path in split.skipped]
 
 
+# A property of a dataset that is either fixed or depends on the files found in ``data_dir``.
+Declared = bool | Callable[[DataOptions], bool]
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """A registry entry. ``recipe`` holds the options (epochs, lr, ...) a run uses unless told otherwise;
     ``recipes`` refines it per training regime or backbone (keys ``scratch``, ``pretrained`` or
-    ``<backbone>/<regime>``; see masktune_core.recipes)."""
+    ``<backbone>/<regime>``; see masktune_core.recipes).
+
+    The declared properties say which options act on this dataset, so config validation can refuse an
+    option that would be ignored instead of guessing from the builder.
+    """
 
     name: str
     description: str
@@ -106,3 +129,13 @@ class DatasetInfo:
     recipes: dict[str, Recipe] = field(default_factory=dict)
     # Returns (available, human-readable reason) without loading the data.
     availability: Callable[[DataOptions], tuple[bool, str]] | None = None
+    biased: bool = False  # the coloured-square protocol: square_* and bias_ratio act
+    train_copies: bool = False  # the training split is expanded with random-affine copies
+    groups: Declared = False  # every image has a group label, so worst-group scores exist
+    own_val: Declared = False  # the data bring their own val split, so val_fraction does not act
+
+    def has_groups(self, options: DataOptions) -> bool:
+        return self.groups(options) if callable(self.groups) else self.groups
+
+    def has_own_val(self, options: DataOptions) -> bool:
+        return self.own_val(options) if callable(self.own_val) else self.own_val

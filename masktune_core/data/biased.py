@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from masktune_core.config import SQUARE_POSITIONS as POSITIONS
-from masktune_core.data import build_dataset, dataset_availability, register
+from masktune_core.data import (  # noqa: F401 -- the bases register first
+    DATASETS,
+    build_dataset,
+    dataset_availability,
+    digits,
+    register,
+    torchvision_sets,
+)
 from masktune_core.data.base import DataOptions, DatasetBundle, Split
 from masktune_core.data.imageio import channel_stats, cross_group_names, seeded_generator, to_rgb
 from masktune_core.errors import ConfigError
@@ -26,36 +32,6 @@ CLASS_NAMES = ["0-4", "5-9"]
 SQUARE_STATES = ["no square", "square"]
 BASE_CLASSES = 10
 FIRST_CLASS_1 = 5  # base classes 5..9 map to class 1
-
-
-def validate_square_options(options: DataOptions, image_size: int | None = None) -> None:
-    """ConfigError naming the first invalid square option.
-
-    ``square_size`` is checked only once ``image_size`` is known.
-    """
-    if options.square_position not in POSITIONS:
-        raise ConfigError(
-            "square_position", f"must be one of {', '.join(POSITIONS)}, got {options.square_position!r}"
-        )
-    if not 0.5 <= options.bias_ratio <= 1.0:
-        raise ConfigError("bias_ratio", f"must be between 0.5 and 1, got {options.bias_ratio!r}")
-    color = options.square_color
-    if not (
-        isinstance(color, tuple | list)
-        and len(color) == 3
-        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
-    ):
-        raise ConfigError(
-            "square_color", f"must be three whole numbers 0..255 (R, G, B), got {options.square_color!r}"
-        )
-    if image_size is not None and not (
-        isinstance(options.square_size, int) and 1 <= options.square_size <= image_size // 2
-    ):
-        raise ConfigError(
-            "square_size",
-            f"must be between 1 and {image_size // 2} (half the {image_size} px image), "
-            f"got {options.square_size!r}",
-        )
 
 
 def square_slices(image_size: int, square_size: int, position: str) -> tuple[slice, slice]:
@@ -94,7 +70,6 @@ def _with_squares(split: Split, labels: torch.Tensor, square: torch.Tensor, opti
 
 def make_biased(base: DatasetBundle, name: str, options: DataOptions) -> DatasetBundle:
     """The biased-square version of ``base`` (a 10-class bundle with a single test split)."""
-    validate_square_options(options, base.image_size)
     if base.num_classes != BASE_CLASSES or len(base.test_splits) != 1:
         raise ConfigError("dataset", f"{name} needs a 10-class base with one test split, not {base.name!r}")
     generator = seeded_generator(options.seed, "squares")
@@ -128,15 +103,23 @@ def make_biased(base: DatasetBundle, name: str, options: DataOptions) -> Dataset
 
 def _register(name: str, base_name: str, description: str, recipe: Recipe) -> None:
     def build(options: DataOptions) -> DatasetBundle:
-        # Fail before loading the base; square_size can only be checked against the base's image size.
-        validate_square_options(options)
         return make_biased(build_dataset(base_name, options), name, options)
 
     def availability(options: DataOptions) -> tuple[bool, str]:
         return dataset_availability(base_name, options)
 
     build.__name__ = f"build_{name.replace('-', '_')}"
-    register(name, description, recipe=recipe, availability=availability)(build)
+    base = DATASETS[base_name]
+    register(
+        name,
+        description,
+        recipe=recipe,
+        availability=availability,
+        biased=True,
+        train_copies=base.train_copies,
+        groups=True,
+        own_val=base.own_val,
+    )(build)
 
 
 # (name, base dataset, description, recipe beyond the shared one below): the paper's small CNN recipe.

@@ -24,7 +24,6 @@ from masktune_core.data.imageio import (
     to_rgb,
     to_uint8,
 )
-from masktune_core.errors import ConfigError
 from masktune_core.recipes import Recipe
 
 DEFAULT_IMAGE_SIZE = 28
@@ -114,7 +113,9 @@ def _expanded(images: torch.Tensor, labels: torch.Tensor, copies: int, generator
         finetune_lr=0.005,
         optimizer="sgd",
         image_size=DEFAULT_IMAGE_SIZE,
+        train_copies=8,
     ),
+    train_copies=True,
 )
 def build_digits(options: DataOptions) -> DatasetBundle:
     """Stratified seeded test (30%) / val (15% of the rest) / train; train and val expanded with
@@ -125,8 +126,6 @@ def build_digits(options: DataOptions) -> DatasetBundle:
     """
     size = image_size(options, DEFAULT_IMAGE_SIZE)
     copies = options.train_copies
-    if not isinstance(copies, int) or isinstance(copies, bool) or copies < 0:
-        raise ConfigError("train_copies", f"must be a whole number >= 0, got {copies!r}")
 
     raw, target = load_digits_arrays()
     images = torch.from_numpy(raw).float().unsqueeze(1) * (255.0 / SOURCE_MAX)

@@ -18,7 +18,6 @@ from masktune_core.data import register
 from masktune_core.data.base import DEFAULT_VAL_FRACTION, DataOptions, DatasetBundle, Split
 from masktune_core.data.imageio import (
     channel_stats,
-    check_fraction,
     cross_group_names,
     decode_images,
     image_size,
@@ -160,6 +159,8 @@ def _waterbirds_availability(options: DataOptions) -> tuple[bool, str]:
     recipe=Recipe(epochs=30, batch_size=64, lr=0.001, finetune_lr=0.0001).over(_RESNET),
     recipes=_BY_REGIME,
     availability=_waterbirds_availability,
+    groups=True,
+    own_val=True,
 )
 def build_waterbirds(options: DataOptions) -> DatasetBundle:
     """``metadata.csv`` (img_filename, y, split, place): group = 2 * y + place."""
@@ -281,6 +282,8 @@ def _celeba_table(layout: _CelebaLayout) -> ImageTable:
     recipe=Recipe(epochs=5, batch_size=128, lr=0.001, finetune_lr=0.0001).over(_RESNET),
     recipes=_BY_REGIME,
     availability=_celeba_availability,
+    groups=True,
+    own_val=True,
 )
 def build_celeba(options: DataOptions) -> DatasetBundle:
     """Target Blond_Hair, spurious attribute Male, group = 2 * blond + male; Kaggle or torchvision layout."""
@@ -364,6 +367,8 @@ def _read_groups(root: Path, paths: list[Path]) -> np.ndarray:
     recipe=Recipe(epochs=20, batch_size=64, lr=0.01, finetune_lr=0.001).over(_RESNET),
     recipes=_BY_REGIME,
     availability=_imagefolder_availability,
+    groups=lambda options: bool(options.data_dir) and (Path(options.data_dir) / GROUPS_FILE).is_file(),
+    own_val=lambda options: bool(options.data_dir) and (Path(options.data_dir) / SPLIT_NAMES[1]).is_dir(),
 )
 def build_imagefolder(options: DataOptions) -> DatasetBundle:
     """Class sub-folders of ``data_dir``, or of its ``train/``, ``val/``, ``test/``.
@@ -400,7 +405,7 @@ def build_imagefolder(options: DataOptions) -> DatasetBundle:
             splits,
             label_array,
             1,
-            check_fraction(options.val_fraction or DEFAULT_VAL_FRACTION, "val_fraction"),
+            options.val_fraction or DEFAULT_VAL_FRACTION,
             generator,
         )
     groups = _read_groups(root, paths) if (root / GROUPS_FILE).is_file() else None

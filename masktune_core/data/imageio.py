@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from masktune_core.data.base import DataOptions, Split
-from masktune_core.errors import ConfigError, DataError
+from masktune_core.errors import DataError
 
 DATA_DIR_ENV = "MASKTUNE_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
-BAD_IMAGE_POLICIES = ("skip", "fail")
 
 
 def data_root(options: DataOptions) -> Path:
@@ -40,17 +39,8 @@ def seeded_generator(seed: int, purpose: str) -> torch.Generator:
 
 
 def image_size(options: DataOptions, default: int) -> int:
-    """``options.image_size``, or the dataset's ``default`` when unset; ConfigError unless a positive int."""
-    size = default if options.image_size is None else options.image_size
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ConfigError("image_size", f"must be a positive whole number of pixels, got {size!r}")
-    return size
-
-
-def check_fraction(value: float, field: str) -> float:
-    if not 0.0 < value < 1.0:
-        raise ConfigError(field, f"must be strictly between 0 and 1, got {value!r}")
-    return value
+    """``options.image_size``, or the dataset's ``default`` when unset (validated by ``build_dataset``)."""
+    return default if options.image_size is None else options.image_size
 
 
 def stratified_split(
@@ -72,9 +62,7 @@ def stratified_split(
 
 def carve_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Split a source's training set into (train, val), stratified and seeded."""
-    kept, taken = stratified_split(
-        train.labels, check_fraction(fraction, "val_fraction"), seeded_generator(seed, "val")
-    )
+    kept, taken = stratified_split(train.labels, fraction, seeded_generator(seed, "val"))
     return train.subset(kept), train.subset(taken)
 
 
@@ -141,8 +129,6 @@ def decode_images(
     ``"fail"``. Pillow's LOAD_TRUNCATED_IMAGES is left False so a truncated file is an error rather than
     a half-grey image.
     """
-    if bad_images not in BAD_IMAGE_POLICIES:
-        raise ConfigError("bad_images", f"must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}")
     pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)
 
     def work(index: int) -> str | None:

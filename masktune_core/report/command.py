@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from masktune_core.runs import RunStore, default_runs_dir
 
+HELP = "write one self-contained HTML report (and its JSON) of a run or a seed study"
 
-def add_parser(commands: Any) -> None:
-    report = commands.add_parser(
-        "report", help="write one self-contained HTML report (and its JSON) of a run or a seed study"
-    )
+
+def add_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument(
         "ids", nargs="+", metavar="RUN_ID|STUDY_ID", help="one run, a study, or runs of one study"
     )
     report.add_argument(
         "--out", default=None, help="the HTML file to write (default: <first id>-report.html)"
     )
-    report.add_argument("--runs-dir", default=None)
+    report.add_argument(
+        "--runs-dir", default=None, help="run store (default: $MASKTUNE_RUNS_DIR, else runs/ in this folder)"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
