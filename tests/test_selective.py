@@ -95,9 +95,13 @@ def ref_evaluate(
     out["agreement_rate"] = n_agree / n
     out["per_class"] = {c: ref_summary(b["n"], b["acc"], b["hit"]) for c, b in per_class.items()}
     out["per_group"] = {g: ref_summary(b["n"], b["acc"], b["hit"]) for g, b in sorted(per_group.items())}
+    out["fully_rejected_groups"] = [g for g, v in out["per_group"].items() if v["n_accepted"] == 0]
     worst = None
     for g in out["per_group"].values():
-        if g["accuracy_on_accepted"] is not None and (worst is None or g["accuracy_on_accepted"] < worst):
+        if g["accuracy_on_accepted"] is None:  # a fully rejected group leaves the worst group undefined
+            worst = None
+            break
+        if worst is None or g["accuracy_on_accepted"] < worst:
             worst = g["accuracy_on_accepted"]
     out["worst_group_accuracy_on_accepted"] = worst
     return out
@@ -125,7 +129,7 @@ def ref_curve(keys: list[float], correct: list[bool], members: list[int], n: int
             curve["risk"].append(risk)
             curve["threshold"].append(key)
             curve["n_accepted"].append(taken)
-    curve["aurc"] = area / len(items) if items else None
+    curve["aurc_reachable"] = area / len(items) if items else None
     curve["max_coverage"] = len(items) / n
     return curve
 
@@ -191,7 +195,7 @@ def curve_dict(curve: sel.Curve) -> dict:
         "risk": curve.risk,
         "threshold": curve.threshold,
         "n_accepted": curve.n_accepted,
-        "aurc": curve.aurc,
+        "aurc_reachable": curve.aurc_reachable,
         "max_coverage": curve.max_coverage,
     }
 
@@ -254,7 +258,7 @@ def test_downsampled_curve_keeps_ends_and_full_aurc() -> None:
     small = sel.risk_coverage(ranking, max_points=10)
     assert full.n_points > 10
     assert len(small.coverage) == 10 and small.n_points == full.n_points
-    assert small.aurc == full.aurc
+    assert small.aurc_reachable == full.aurc_reachable
     assert small.coverage[0] == full.coverage[0] and small.coverage[-1] == full.coverage[-1] == 1.0
     assert np.all(np.diff(small.coverage) > 0)
     assert set(small.threshold.tolist()) <= set(full.threshold.tolist())
@@ -300,7 +304,7 @@ def test_all_disagree_agreement_rule_accepts_nothing() -> None:
     assert result["accuracy_on_accepted"] is None
     ranking = sel.rank(scored)
     curve = sel.risk_coverage(ranking)
-    assert curve.aurc is None and curve.max_coverage == 0.0 and len(curve.coverage) == 0
+    assert curve.aurc_reachable is None and curve.max_coverage == 0.0 and len(curve.coverage) == 0
     fit = sel.fit_global_threshold(ranking, 0.8)
     assert not fit.reachable and fit.coverage == 0.0 and fit.threshold == 0.0
 
@@ -310,7 +314,7 @@ def test_all_tied_confidences_give_one_point() -> None:
     ranking = sel.rank(sel.score("softmax_masktune", probs, probs, [0, 0, 1, 1]))
     curve = sel.risk_coverage(ranking)
     assert curve.n_points == 1 and curve.coverage.tolist() == [1.0] and curve.risk.tolist() == [0.5]
-    assert curve.aurc == 0.5  # one tie block: every prefix takes the block's risk
+    assert curve.aurc_reachable == 0.5  # one tie block: every prefix takes the block's risk
     fit = sel.fit_global_threshold(ranking, 0.5)
     assert fit.threshold == pytest.approx(0.6) and fit.coverage == 1.0 and fit.reachable
 
