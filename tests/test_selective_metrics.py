@@ -296,8 +296,10 @@ def test_a_guaranteed_fit_is_certified_and_covers_less_than_the_empirical_one() 
     assert sure.delta_per_test == pytest.approx(0.05 / math.ceil(math.log2(len(set(ranking.keys)) + 1)))
 
 
-@pytest.mark.parametrize(("target", "delta", "field"), [(0.0, 0.1, "target_risk"), (1.0, 0.1, "target_risk"),
-                                                        (0.1, 0.0, "delta"), (0.1, 1.5, "delta")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("target", "delta", "field"),
+    [(0.0, 0.1, "target_risk"), (1.0, 0.1, "target_risk"), (0.1, 0.0, "delta"), (0.1, 1.5, "delta")],
+)
 def test_risk_targets_are_validated(target: float, delta: float, field: str) -> None:
     ranking = sel.rank(sel.score("product", *make_inputs(0, 2)[:3]))  # no groups
     with pytest.raises(ConfigError, match=f"^{field}:"):
