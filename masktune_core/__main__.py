@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
+from masktune_core import selective_cli
 from masktune_core.config import RunConfig
 from masktune_core.errors import MaskTuneError
 from masktune_core.runs import Run, RunStore, default_runs_dir, now_iso, process_start_time
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="stop a queued or running run")
     cancel.add_argument("run_id")
     cancel.add_argument("--runs-dir", default=None)
+    selective_cli.add_parser(commands)
     return parser
 
 
@@ -238,6 +240,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "show": cmd_show, "cancel": cmd_cancel}
+COMMANDS["selective"] = selective_cli.run
 
 
 def main(argv: list[str] | None = None) -> int:
