@@ -6,6 +6,7 @@ per-sample slices of width 1 / n, a different formulation from the module's per-
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -21,19 +22,25 @@ TOL = 1e-9
 # ------------------------------------------------------------------------------ plain-loop references
 
 
-def ref_prefixes(keys: list[float], correct: list[bool]) -> list[tuple[int, int]]:
-    """(accepted, wrong) for every prefix k = 1..m of the acceptable samples sorted by decreasing key,
-    where a prefix that ends inside a tie block takes the counts of the whole block."""
+def ref_prefixes(keys: list[float], correct: list[bool]) -> list[tuple[int, float]]:
+    """(k, expected errors among the first k) for every prefix k = 1..m of the acceptable samples sorted by
+    decreasing key: inside a tie block, the block's errors are spread evenly over its prefixes (the mean
+    over every order of the tied samples)."""
     items = sorted(
         ((k, not c) for k, c in zip(keys, correct, strict=True) if k > -math.inf), key=lambda t: -t[0]
     )
     out = []
-    for k in range(len(items)):
-        end = k
-        while end + 1 < len(items) and items[end + 1][0] == items[k][0]:
+    start = 0
+    while start < len(items):
+        end = start
+        while end + 1 < len(items) and items[end + 1][0] == items[start][0]:
             end += 1
-        wrong = sum(w for _, w in items[: end + 1])
-        out.append((end + 1, wrong))
+        before = sum(w for _, w in items[:start])
+        in_block = sum(w for _, w in items[start : end + 1])
+        size = end - start + 1
+        for i in range(1, size + 1):
+            out.append((start + i, before + i * in_block / size))
+        start = end + 1
     return out
 
 
@@ -386,3 +393,20 @@ def test_agreement_curve_matches_a_loop() -> None:
     for t, value in zip(curve.threshold, got, strict=True):
         acc = scored.confidence >= t
         assert value == pytest.approx(scored.agree[acc].mean())
+
+
+def test_tied_areas_are_the_mean_over_every_tie_breaking_order() -> None:
+    conf = np.array([0.9, 0.7, 0.7, 0.7, 0.5, 0.5, -np.inf])
+    correct = np.array([True, False, True, True, False, True, False])
+    n = len(conf)
+    aurcs, augrcs = [], []
+    for order in itertools.permutations(range(n - 1)):  # every order of the 6 acceptable samples
+        ranked = sorted(order, key=lambda i: -conf[i])  # a stable sort: ties keep this order
+        wrong = np.cumsum([not correct[i] for i in ranked])
+        k = np.arange(1, n)
+        tail = (1 - (n - 1) / n) * wrong[-1] / (n - 1)
+        aurcs.append(float(np.sum(wrong / k) / n + tail))
+        augrcs.append(float(np.sum(wrong) / n**2 + (1 - (n - 1) / n) * wrong[-1] / n))
+    summary = sel.summarize(sel.rank(scored_from(conf, correct)))
+    assert summary.aurc == pytest.approx(np.mean(aurcs), abs=1e-12)
+    assert summary.augrc == pytest.approx(np.mean(augrcs), abs=1e-12)

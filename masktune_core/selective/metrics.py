@@ -2,13 +2,16 @@
 
 Conventions (stated once here; the page and docs/ repeat them in one line each):
 
+- **Prefixes.** Without ties, the risk over the coverage slot ((k - 1) / n, k / n] is that of the k most
+  confident samples, e_k / k (e_k wrong among them): the usual per-prefix step curve.
 - **Ties are blocks.** Samples with equal keys (``confidence / w[pred]``) are accepted together or not at
-  all, so every number below is independent of the input order. Over the coverage a tie block spans, the
-  risk is the block's: r(c) = e_j / n_j for c in (n_{j-1} / n, n_j / n], where n_j samples are accepted
-  and e_j of them are wrong once block j is in. Without ties this is the usual per-prefix step curve.
+  all: operating points (and curve points) sit at block ends only. Inside a block of s samples holding b
+  errors, the prefix k = a + i counts e_a + i * b / s errors, the mean over every order of the tied
+  samples, so every area below is the mean of the per-prefix area over all tie-breaking orders:
+  independent of the input order, and unbiased by the duplicates of a bootstrap resample.
 - **Full range [0, 1].** A rule that can accept only m < n samples (the agreement rule never accepts a
   disagreement) stops at coverage a = m / n. Beyond it, it accepts nothing more, so its selective risk
-  stays the risk at a: r(c) = e_J / n_J for c in (a, 1]. ``aurc`` is the integral of r over [0, 1].
+  stays the risk at a: r(c) = e_m / m for c in (a, 1]. ``aurc`` is the integral of r over [0, 1].
 - **Common range [0, a].** ``aurc_upto(a)`` is the mean of r over [0, a], i.e. (1 / a) times its
   integral, so rules are compared on a coverage range every one of them reaches.
 - **AUGRC** (Traub et al., NeurIPS 2024) integrates the generalized risk g(c) = (wrong and accepted) / n,
@@ -16,7 +19,10 @@ Conventions (stated once here; the page and docs/ repeat them in one line each):
   flat continuation past a.
 - **E-AURC** is ``aurc`` minus ``aurc_optimal``: the full-range AURC the same rule would get if its
   confidence put every correct acceptable sample above every wrong one (same n, m and errors). It is
-  never negative under the block convention.
+  never negative.
+
+``Curve.aurc_reachable`` (the curve's own number, kept for the bench) integrates the block's end risk over
+the whole block instead; without ties the two conventions agree.
 
 Every value is None ("undefined", never 0) when the rule accepts nothing at any threshold.
 """
@@ -52,34 +58,56 @@ class Summary:
     n: int
 
 
+def _slot_sums(a: np.ndarray, alpha: np.ndarray, beta: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Over the prefixes k = a + 1 .. a + q of a tie block whose expected error count grows linearly,
+    e_k = alpha + beta * (k - a): (sum of e_k / k, sum of e_k), in closed form (harmonic numbers from
+    the digamma function)."""
+    harmonic = digamma(a + q + 1) - digamma(a + 1)
+    return (alpha - beta * a) * harmonic + beta * q, q * alpha + beta * q * (q + 1) / 2
+
+
 def _areas(counts: np.ndarray, errors: np.ndarray, ends: np.ndarray, n: int, upto: float | None) -> dict:
     """Every summary for B weightings of the m ranked samples at once.
 
     ``counts`` [B, m] holds each ranked sample's multiplicity (1 for the data itself, a bootstrap draw
     otherwise); the split always has n samples, acceptable or not. Returns arrays of length B, NaN where a
-    weighting accepts nothing.
+    weighting accepts nothing. A resample's duplicates are ties like any other, so the tie convention
+    keeps a bootstrap of the areas unbiased by them.
     """
     cum_n = np.cumsum(counts, axis=1)[:, ends]
     cum_e = np.cumsum(counts * errors, axis=1)[:, ends]
-    width = np.diff(cum_n, axis=1, prepend=0.0) / n
+    start = np.concatenate([np.zeros((len(cum_n), 1)), cum_n[:, :-1]], axis=1)
+    alpha = np.concatenate([np.zeros((len(cum_e), 1)), cum_e[:, :-1]], axis=1)
+    size = cum_n - start
     with np.errstate(invalid="ignore", divide="ignore"):
-        risk = np.where(cum_n > 0, cum_e / cum_n, 0.0)
+        beta = np.where(size > 0, (cum_e - alpha) / np.maximum(size, 1), 0.0)
+        by_risk, by_errors = _slot_sums(start, alpha, beta, size)
         m, e = cum_n[:, -1], cum_e[:, -1]
         last = np.where(m > 0, e / m, np.nan)
         tail = 1.0 - m / n
-        aurc = (width * risk).sum(axis=1) + tail * last
-        augrc = (width * cum_e / n).sum(axis=1) + tail * np.where(m > 0, e / n, np.nan)
+        aurc = by_risk.sum(axis=1) / n + tail * last
+        augrc = by_errors.sum(axis=1) / n**2 + tail * np.where(m > 0, e / n, np.nan)
         # Perfect ranking: prefix k (of m) holds max(0, k - (m - e)) errors; sum_k of that over k is
-        # e - (m - e) (H_m - H_{m-e}), with harmonic numbers from the digamma function.
+        # e - (m - e) (H_m - H_{m-e}).
         harmonic = digamma(m + 1) - digamma(m - e + 1)
         optimal = (e - (m - e) * harmonic) / n + tail * last
-        out = {"aurc": aurc, "augrc": augrc, "aurc_optimal": optimal, "eaurc": aurc - optimal}
+        # E-AURC >= 0 holds exactly (a perfect order minimises every prefix's errors); clip the rounding.
+        out = {
+            "aurc": aurc,
+            "augrc": augrc,
+            "aurc_optimal": optimal,
+            "eaurc": np.maximum(aurc - optimal, 0.0),
+        }
         if upto is not None:
-            cov = cum_n / n
-            before = np.minimum(np.concatenate([np.zeros((len(cov), 1)), cov[:, :-1]], axis=1), upto)
-            inside = np.clip(np.minimum(cov, upto) - before, 0.0, None)
-            beyond = np.clip(upto - cov[:, -1], 0.0, None)
-            out["aurc_common"] = ((inside * risk).sum(axis=1) + beyond * last) / upto
+            slots = upto * n
+            whole = np.floor(slots + 1e-9)
+            frac = max(slots - whole, 0.0)
+            inside, _ = _slot_sums(start, alpha, beta, np.clip(whole - start, 0, size))
+            nxt = whole + 1  # the prefix that the fractional slot, if any, belongs to
+            holds = (start < nxt) & (nxt <= cum_n)
+            partial = (holds * (alpha + beta * (nxt - start))).sum(axis=1) / nxt
+            beyond = np.where(whole >= m, np.clip(slots - m, 0.0, None) * last, frac * partial)
+            out["aurc_common"] = (inside.sum(axis=1) + beyond) / slots
     return out
 
 
