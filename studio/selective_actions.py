@@ -95,7 +95,12 @@ def fit_weights(run_path: str, rule: str, num_classes: int) -> None:
     for c, w in enumerate(weights):
         st.session_state[ss.key_weight(c)] = min(max(float(w), ss.WEIGHT_RANGE[0]), ss.WEIGHT_RANGE[1])
     shown = ", ".join(f"{w:.2f}" for w in weights)
-    ss.show_message("weights", "success", f"Weights fitted on val: {shown}.")
+    ss.show_message(
+        "weights",
+        "success",
+        f"Weights fitted on val: {shown}. Rule: w_c = the median val confidence of the samples the rule "
+        "can accept and predicts as c, over the largest such median (1 for a class never predicted).",
+    )
 
 
 def switch_test_split(split: str) -> None:
