@@ -1,14 +1,17 @@
 """The threshold tuner's state and cached computations (the selective page stays a thin script).
 
-Widget values live in ``st.session_state`` under the keys below. Actions that change them (load a saved
-set, import a file, fit to a coverage, click a curve) run before the widgets are created: as button or
-uploader callbacks, or, for a curve click, from ``apply_curve_click`` at the top of the script, which reads
-the chart's selection from session state so a click in the browser and a selection injected by a test take
-the same path.
+Widget values live in ``st.session_state`` under the keys below, all starting with ``sel_`` and all
+belonging to one run: ``scope_to_run`` drops them when the page shows another run. Actions that change them
+(load a saved set, import a file, fit on val, click a curve; see studio.selective_actions) run before the
+widgets are created: as button or uploader callbacks, or, for a curve click, from ``apply_curve_click`` at
+the top of the script, which reads the chart's selection from session state so a click in the browser and
+a selection injected by a test take the same path. A fit is remembered with the run, rule, weights and
+thresholds it produced (``record_fit``), and a saved set claims "fitted on val" only while all still match.
 
-Caching follows masktune_core.selective's advice: ``score`` once per (run, rule, split), ``rank`` and the
-curves once per (run, rule, split, weights), and only ``evaluate`` per slider move. The cached objects are
-read-only, so they are shared (``st.cache_resource``) rather than copied on every rerun.
+Caching follows masktune_core.selective's advice: ``score`` once per (run, rule, split), ``rank``, the
+curves and the bootstrapped summaries once per (run, rule, split, weights), and only ``evaluate`` and
+``bootstrap_point`` per slider move. The cached objects are read-only, so they are shared
+(``st.cache_resource``) rather than copied on every rerun.
 """
 
 from __future__ import annotations
