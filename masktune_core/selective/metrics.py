@@ -58,12 +58,21 @@ class Summary:
     n: int
 
 
+def _harmonic_gap(a: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """H_{a+q} - H_a, elementwise, for whole numbers a >= 0 and q >= 0.
+
+    Most blocks of a bootstrap resample hold 0 or 1 sample, so the digamma function (the costly part of
+    a bootstrap) is only evaluated where q >= 2."""
+    gap = np.where(q == 1, 1.0 / (a + 1), 0.0)
+    wide = q >= 2
+    gap[wide] = digamma(a[wide] + q[wide] + 1) - digamma(a[wide] + 1)
+    return gap
+
+
 def _slot_sums(a: np.ndarray, alpha: np.ndarray, beta: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, ...]:
     """Over the prefixes k = a + 1 .. a + q of a tie block whose expected error count grows linearly,
-    e_k = alpha + beta * (k - a): (sum of e_k / k, sum of e_k), in closed form (harmonic numbers from
-    the digamma function)."""
-    harmonic = digamma(a + q + 1) - digamma(a + 1)
-    return (alpha - beta * a) * harmonic + beta * q, q * alpha + beta * q * (q + 1) / 2
+    e_k = alpha + beta * (k - a): (sum of e_k / k, sum of e_k), in closed form."""
+    return (alpha - beta * a) * _harmonic_gap(a, q) + beta * q, q * alpha + beta * q * (q + 1) / 2
 
 
 def _areas(counts: np.ndarray, errors: np.ndarray, ends: np.ndarray, n: int, upto: float | None) -> dict:
@@ -102,7 +111,10 @@ def _areas(counts: np.ndarray, errors: np.ndarray, ends: np.ndarray, n: int, upt
             slots = upto * n
             whole = np.floor(slots + 1e-9)
             frac = max(slots - whole, 0.0)
-            inside, _ = _slot_sums(start, alpha, beta, np.clip(whole - start, 0, size))
+            # Blocks wholly inside [0, whole] count whole; at most one block per row is cut by it.
+            inside = np.where(cum_n <= whole, by_risk, 0.0)
+            cut = (start < whole) & (whole < cum_n)
+            inside[cut] = _slot_sums(start[cut], alpha[cut], beta[cut], whole - start[cut])[0]
             nxt = whole + 1  # the prefix that the fractional slot, if any, belongs to
             holds = (start < nxt) & (nxt <= cum_n)
             partial = (holds * (alpha + beta * (nxt - start))).sum(axis=1) / nxt
