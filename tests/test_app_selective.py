@@ -333,3 +333,22 @@ def test_rules_are_compared_with_intervals_and_rejected_groups_are_counted(finis
     at.slider(key=ss.KEY_GLOBAL).set_value(1.0).run()  # rejects (nearly) everything
     assert shown(at)["Worst-group accuracy"][1] == "–"
     assert any("Fully rejected (coverage 0%)" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("scope", ["per_class", "per_group"])
+def test_risk_fit_per_class_or_group_sets_the_engine_thresholds(finished_store: RunStore, scope: str) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    at.radio(key=ss.KEY_FIT_KIND).set_value("risk").run()
+    at.radio(key=ss.KEY_FIT_SCOPE).set_value(scope).run()
+    at.number_input(key=ss.KEY_TARGET_RISK).set_value(10.0).run()
+    click(at, "Fit on val")
+    assert not at.exception and not at.error
+    preds = run.predictions("val")
+    scored = selective.score(
+        "agreement", preds["probs_erm"], preds["probs_masktune"], preds["label"], preds["group"]
+    )
+    fit = selective.fit_risk(selective.rank(scored), 0.1, None, scope)
+    for c, t in enumerate(fit.thresholds.per_class):
+        assert at.toggle(key=ss.key_own(c)).value is (t is not None)
+    assert at.slider(key=ss.KEY_GLOBAL).value == pytest.approx(fit.thresholds.global_threshold, abs=5e-4)
