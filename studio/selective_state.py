@@ -242,10 +242,6 @@ def current_thresholds(num_classes: int) -> selective.Thresholds:
     )
 
 
-def current_weights(num_classes: int) -> tuple[float, ...]:
-    return tuple(float(st.session_state[key_weight(c)]) for c in range(num_classes))
-
-
 def set_global(threshold: float, num_classes: int) -> None:
     """Move the global threshold (clamped to [0, 1]) and let every class follow it, so the operating point
     lies on the curves, which are drawn along the global threshold."""
