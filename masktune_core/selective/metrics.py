@@ -41,6 +41,7 @@ from masktune_core.selective.thresholds import Thresholds, accepted, number
 
 MIN_RESAMPLES = 1000
 DEFAULT_SEED = 0
+_DIRECT_TERMS = 3  # harmonic gaps of up to this many terms are summed directly (see _harmonic_gap)
 _CELLS_PER_CHUNK = 2_000_000  # resampled indices held at once: bounds the memory of a bootstrap chunk
 
 
@@ -61,10 +62,12 @@ class Summary:
 def _harmonic_gap(a: np.ndarray, q: np.ndarray) -> np.ndarray:
     """H_{a+q} - H_a, elementwise, for whole numbers a >= 0 and q >= 0.
 
-    Most blocks of a bootstrap resample hold 0 or 1 sample, so the digamma function (the costly part of
-    a bootstrap) is only evaluated where q >= 2."""
-    gap = np.where(q == 1, 1.0 / (a + 1), 0.0)
-    wide = q >= 2
+    Most blocks of a bootstrap resample hold 0 to 3 samples (Poisson(1) counts), so their few terms are
+    summed directly and the digamma function, the costly part of a bootstrap, is only evaluated beyond."""
+    gap = np.zeros_like(a, dtype=np.float64)
+    for i in range(1, _DIRECT_TERMS + 1):
+        gap += (q >= i) / (a + i)
+    wide = q > _DIRECT_TERMS
     gap[wide] = digamma(a[wide] + q[wide] + 1) - digamma(a[wide] + 1)
     return gap
 
