@@ -1,18 +1,18 @@
-"""Time the selective-classification recompute behind one threshold-tuner update.
+"""Time what the threshold tuner recomputes, above all a slider move.
 
-For each rule and size (validation and test splits of N predictions each, K = 10 classes, 4 groups):
+For each rule and size (a validation and a test split of N predictions each, K = 10 classes, 4 groups):
 
 - ``score``: once per (rule, split), cached by the dashboard;
-- ``curves``: ``rank`` + ``risk_coverage`` overall, per class and per group, on val and test:
-  once per (rule, split, weights);
-- ``evaluate``: with per-class thresholds, weights and per-class / per-group breakdown, on val and
-  test: the only work a threshold slider move needs;
-- ``all``: curves + evaluate, i.e. every metric and curve the page shows, recomputed from scratch.
-
-``all`` is held to the targets (10k < 20 ms, 100k < 200 ms) by its median CPU time, which a
-busy shared machine inflates less than wall-clock time (both are reported; numpy runs these on one
-thread, so wall-clock time only adds the wait for a core). The same ``all`` work done by the
-plain-loop reference of tests/test_selective.py on 10k is the same-process baseline.
+- ``curves``: ``rank``, ``risk_coverage`` overall, per class and per group, and ``summarize``, on val and
+  test: once per (rule, split, weights), cached;
+- ``bootstrap``: ``bootstrap_summary`` of the test curve (1,000 resamples): once per (rule, split,
+  weights), cached, off the slider path;
+- ``slider move``: ``evaluate`` on val and test with per-class thresholds and weights, plus
+  ``bootstrap_point`` (1,000 resamples) on test: everything a threshold slider move recomputes. It is
+  held to the targets (10k < 20 ms, 100k < 200 ms) by its median CPU time, which a busy shared machine
+  inflates less than wall-clock time (both are reported; numpy runs these on one thread);
+- ``from scratch``: score + curves + slider move, the same-process baseline: what a slider move would
+  cost without the caches.
 
     .venv/bin/python bench/selective.py [--json]
 """
@@ -20,7 +20,6 @@ plain-loop reference of tests/test_selective.py on 10k is the same-process basel
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -29,7 +28,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
@@ -42,15 +40,7 @@ K = 10
 GROUPS = 4
 TARGET_MS = {10_000: 20.0, 100_000: 200.0}
 REPEATS = {10_000: 31, 100_000: 11}
-REFERENCE_REPEATS = 3
-
-
-def load_reference() -> ModuleType:
-    """The plain-loop reference implementation that the tests check the module against."""
-    spec = importlib.util.spec_from_file_location("selective_reference", ROOT / "tests" / "test_selective.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BOOTSTRAP_REPEATS = 3
 
 
 def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -83,7 +73,7 @@ def operating_point(scored: sel.Scored) -> tuple[sel.Thresholds, list[float]]:
     """A tuner state with overrides and weights; the threshold sits inside the rule's confidence range."""
     weights = [0.8 if c in (2, 3, 4, 5) else 1.0 for c in range(K)]
     t = float(np.median(scored.confidence[np.isfinite(scored.confidence)]))
-    per_class = [None] * K
+    per_class: list[float | None] = [None] * K
     per_class[1] = min(1.0, 1.1 * t)
     return sel.Thresholds.build(K, t, per_class, weights), weights
 
@@ -93,13 +83,7 @@ def curves(scored: sel.Scored, weights: list[float]) -> None:
     sel.risk_coverage(ranking)
     sel.risk_coverage_by(ranking, "class")
     sel.risk_coverage_by(ranking, "group")
-
-
-def reference_all(ref: ModuleType, plain: dict, thresholds: sel.Thresholds, weights: list[float]) -> None:
-    t_c = thresholds.class_thresholds.tolist()
-    for split in plain.values():
-        ref.ref_evaluate(split["scored"], split["labels"], split["groups"], t_c, weights)
-        ref.ref_curves(split["scored"], split["labels"], split["groups"], weights)
+    sel.summarize(ranking, 0.9)
 
 
 def machine() -> dict:
@@ -118,55 +102,52 @@ def machine() -> dict:
     }
 
 
-def measure(rule: str, val: tuple, test: tuple, repeats: int) -> dict:
+def measure(rule: str, val: tuple, test: tuple, repeats: int) -> dict[str, dict[str, float]]:
     """Median times of one rule's work on a validation and a test split."""
     scored = {"val": sel.score(rule, *val), "test": sel.score(rule, *test)}
     thresholds, weights = operating_point(scored["val"])
+    test_rank = sel.rank(scored["test"], weights)
 
     def move() -> None:
         for s in scored.values():
             sel.evaluate(s, thresholds)
+        sel.bootstrap_point(scored["test"], thresholds)
 
     def all_curves() -> None:
         for s in scored.values():
             curves(s, weights)
 
-    timings = {
+    def from_scratch() -> None:
+        for split in (val, test):
+            curves(sel.score(rule, *split), weights)
+        move()
+
+    return {
         "score": median_ms(lambda: (sel.score(rule, *val), sel.score(rule, *test)), repeats),
         "curves": median_ms(all_curves, repeats),
-        "evaluate": median_ms(move, repeats),
-        "all": median_ms(lambda: (all_curves(), move()), repeats),
+        "bootstrap": median_ms(lambda: sel.bootstrap_summary(test_rank, 0.9), BOOTSTRAP_REPEATS),
+        "move": median_ms(move, repeats),
+        "scratch": median_ms(from_scratch, repeats),
     }
-    return {"scored": scored, "thresholds": thresholds, "weights": weights, "timings": timings}
 
 
 def run() -> dict:
-    ref = load_reference()
     load_before = os.getloadavg()
     rows = []
     for n, repeats in REPEATS.items():
         val, test = synthetic_split(n, seed=1), synthetic_split(n, seed=2)
         for rule in sel.RULES:
-            m = measure(rule, val, test, repeats)
-            row = {"rule": rule, "n": n, "ms": m["timings"], "target_ms": TARGET_MS[n]}
-            row["target_met"] = m["timings"]["all"]["cpu"] < TARGET_MS[n]
-            if n == min(REPEATS):
-                plain = {
-                    name: {
-                        "scored": {
-                            k: getattr(s, k).tolist() for k in ("pred", "confidence", "correct", "agree")
-                        },
-                        "labels": s.labels.tolist(),
-                        "groups": s.groups.tolist(),
-                    }
-                    for name, s in m["scored"].items()
+            ms = measure(rule, val, test, repeats)
+            rows.append(
+                {
+                    "rule": rule,
+                    "n": n,
+                    "ms": ms,
+                    "target_ms": TARGET_MS[n],
+                    "target_met": ms["move"]["cpu"] < TARGET_MS[n],
+                    "scratch_over_move": ms["scratch"]["cpu"] / ms["move"]["cpu"],
                 }
-                row["reference_all_ms"] = median_ms(
-                    lambda m=m, plain=plain: reference_all(ref, plain, m["thresholds"], m["weights"]),
-                    REFERENCE_REPEATS,
-                )
-                row["speedup_vs_reference"] = row["reference_all_ms"]["cpu"] / m["timings"]["all"]["cpu"]
-            rows.append(row)
+            )
     return {
         "machine": machine(),
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
@@ -177,20 +158,19 @@ def run() -> dict:
 
 
 def table(result: dict) -> str:
-    """Markdown: CPU-time medians, with the wall-clock median of ``all`` beside its CPU time."""
+    """Markdown: CPU-time medians, with the wall-clock median of a slider move beside its CPU time."""
     lines = [
-        "| rule | N per split | score (cached) | curves (cached) | evaluate (per move) | all, CPU "
-        "| all, wall | target | met | reference loops, all | speed-up |",
+        "| rule | N per split | score (cached) | curves (cached) | bootstrap (cached) | slider move, CPU "
+        "| slider move, wall | target | met | from scratch, CPU | from scratch / move |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in result["rows"]:
         t = r["ms"]
-        ref = f"{r['reference_all_ms']['cpu']:.0f} ms" if "reference_all_ms" in r else "not run"
-        ratio = f"{r['speedup_vs_reference']:.0f}x" if "speedup_vs_reference" in r else ""
         lines.append(
             f"| {r['rule']} | {r['n']:,} | {t['score']['cpu']:.1f} ms | {t['curves']['cpu']:.1f} ms "
-            f"| {t['evaluate']['cpu']:.2f} ms | {t['all']['cpu']:.1f} ms | {t['all']['wall']:.1f} ms "
-            f"| < {r['target_ms']:.0f} ms | {'yes' if r['target_met'] else 'NO'} | {ref} | {ratio} |"
+            f"| {t['bootstrap']['cpu']:.0f} ms | {t['move']['cpu']:.1f} ms | {t['move']['wall']:.1f} ms "
+            f"| < {r['target_ms']:.0f} ms | {'yes' if r['target_met'] else 'NO'} "
+            f"| {t['scratch']['cpu']:.1f} ms | {r['scratch_over_move']:.1f}x |"
         )
     m, load = result["machine"], result["load_average_1min"]
     lines.append("")

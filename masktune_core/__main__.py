@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from masktune_core import jobs, studies
+from masktune_core import jobs, selective_cli, studies
 from masktune_core.config import RunConfig, option_help
 from masktune_core.errors import MaskTuneError
 from masktune_core.report import command as report_command
@@ -310,6 +310,7 @@ COMMANDS: dict[str, Command] = {
     "show": Command("print a run's config, status and metrics", show_arguments, cmd_show),
     "cancel": Command("stop a queued or running run (SIGTERM, then SIGKILL)", cancel_arguments, cmd_cancel),
     "report": Command(report_command.HELP, report_command.add_arguments, report_command.cmd_report),
+    "selective": Command(selective_cli.HELP, selective_cli.add_arguments, selective_cli.run),
     "studio": Command("start the dashboard on 127.0.0.1", studio_arguments, cmd_studio),
 }
 

@@ -1,14 +1,17 @@
 """The threshold tuner's state and cached computations (the selective page stays a thin script).
 
-Widget values live in ``st.session_state`` under the keys below. Actions that change them (load a saved
-set, import a file, fit to a coverage, click a curve) run before the widgets are created: as button or
-uploader callbacks, or, for a curve click, from ``apply_curve_click`` at the top of the script, which reads
-the chart's selection from session state so a click in the browser and a selection injected by a test take
-the same path.
+Widget values live in ``st.session_state`` under the keys below, all starting with ``sel_`` and all
+belonging to one run: ``scope_to_run`` drops them when the page shows another run. Actions that change them
+(load a saved set, import a file, fit on val, click a curve; see studio.selective_actions) run before the
+widgets are created: as button or uploader callbacks, or, for a curve click, from ``apply_curve_click`` at
+the top of the script, which reads the chart's selection from session state so a click in the browser and
+a selection injected by a test take the same path. A fit is remembered with the run, rule, weights and
+thresholds it produced (``record_fit``), and a saved set claims "fitted on val" only while all still match.
 
-Caching follows masktune_core.selective's advice: ``score`` once per (run, rule, split), ``rank`` and the
-curves once per (run, rule, split, weights), and only ``evaluate`` per slider move. The cached objects are
-read-only, so they are shared (``st.cache_resource``) rather than copied on every rerun.
+Caching follows masktune_core.selective's advice: ``score`` once per (run, rule, split), ``rank``, the
+curves and the bootstrapped summaries once per (run, rule, split, weights), and only ``evaluate`` and
+``bootstrap_point`` per slider move. The cached objects are read-only, so they are shared
+(``st.cache_resource``) rather than copied on every rerun.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import streamlit as st
 
 from masktune_core import selective
@@ -37,7 +39,16 @@ KEY_TARGET = "sel_target"
 KEY_SAVE_NAME = "sel_save_name"
 KEY_IMPORT = "sel_import"
 KEY_MESSAGE = "sel_message"  # + "_<where>": (kind, text) shown once after an action
-KEY_FIT = "sel_fit"  # the last fit on validation: {"threshold", "target"}; None after a manual change
+# The last fit on validation, with everything it depends on (see ``record_fit``); None after a manual change.
+KEY_FIT = "sel_fit"
+KEY_RUN = "sel_run"  # the run the tuner's state belongs to: every "sel_" key is dropped when it changes
+KEY_FIT_KIND = "sel_fit_kind"
+KEY_FIT_SCOPE = "sel_fit_scope"
+KEY_TARGET_RISK = "sel_target_risk"  # percent
+KEY_DELTA = "sel_delta"
+KEY_TEST_SPLIT = "sel_test_split"
+KEY_LOAD_NAME = "sel_load_name"
+PREFIX = "sel_"
 KEY_LAST_CLICK = "sel_last_click"
 DEFAULT_THRESHOLD = 0.5
 WEIGHT_RANGE = (0.05, 5.0)
@@ -125,21 +136,28 @@ def _group_curves(
     return selective.risk_coverage_by(_ranking(run_path, mtime, rule, split, weights), "group")
 
 
-def agreement_along(rank: selective.Ranking, points: selective.Curve) -> np.ndarray:
-    """Fraction of the accepted samples on which ERM and MaskTune agree, at each point of the curve.
-
-    A curve point accepts a prefix of the ranking (``n_accepted`` samples), so a running sum answers it.
-    """
-    agree = np.cumsum(rank.scored.agree[rank.order])
-    n = points.n_accepted
-    return agree[n - 1] / n if len(n) else np.zeros(0)
+def rule_summaries(run: Run, split: str, weights: tuple[float, ...]) -> dict[str, dict[str, Any]]:
+    """Every rule's curve summary on ``split`` with the current weights, each with its bootstrap
+    intervals, and the common coverage range they share: {rule: {"summary", "intervals"}}."""
+    path = run.predictions_path(split)
+    return _rule_summaries(str(run.path), _mtime(path), split, weights)
 
 
-def overall_coverage_at(rank: selective.Ranking, thresholds: np.ndarray) -> np.ndarray:
-    """Coverage of the whole split at each global threshold (the x axis of per-group curves)."""
-    descending = rank.keys
-    accepted = np.searchsorted(-descending, -np.asarray(thresholds), side="right")
-    return accepted / rank.scored.n
+@st.cache_resource(show_spinner="Bootstrapping the curves (1,000 resamples)…", max_entries=16)
+def _rule_summaries(
+    run_path: str, mtime: float, split: str, weights: tuple[float, ...]
+) -> dict[str, dict[str, Any]]:
+    # Off the slider path: it depends on the weights, never on the thresholds.
+    rankings = {rule: _ranking(run_path, mtime, rule, split, weights) for rule in selective.RULES}
+    common = selective.common_coverage(list(rankings.values()))
+    upto = common if common > 0 else None
+    return {
+        rule: {
+            "summary": selective.summarize(r, upto),
+            "intervals": selective.bootstrap_summary(r, upto),
+        }
+        for rule, r in rankings.items()
+    }
 
 
 def accept_all(base: selective.Scored) -> dict[str, Any]:
@@ -160,10 +178,25 @@ def accept_all(base: selective.Scored) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- widget state
+def scope_to_run(run_id: str) -> None:
+    """Start the tuner afresh when the page shows another run: thresholds, weights, a fit or a chart
+    selection made for one run must not carry over, unseen, to the next one."""
+    state = st.session_state
+    if state.get(KEY_RUN) == run_id:
+        return
+    for key in [k for k in state if isinstance(k, str) and k.startswith(PREFIX)]:
+        del state[key]
+    state[KEY_RUN] = run_id
+
+
 def init_state(num_classes: int) -> None:
     """Give every tuner widget its starting value once (widgets are then created without ``value=``)."""
     st.session_state.setdefault(KEY_GLOBAL, DEFAULT_THRESHOLD)
     st.session_state.setdefault(KEY_TARGET, 90)  # percent, as the slider shows it
+    st.session_state.setdefault(KEY_TARGET_RISK, 2.0)  # percent
+    st.session_state.setdefault(KEY_DELTA, 0.05)
+    st.session_state.setdefault(KEY_FIT_KIND, "coverage")
+    st.session_state.setdefault(KEY_FIT_SCOPE, "global")
     st.session_state.setdefault(KEY_FIT, None)
     for c in range(num_classes):
         st.session_state.setdefault(key_own(c), False)
@@ -209,10 +242,6 @@ def current_thresholds(num_classes: int) -> selective.Thresholds:
     )
 
 
-def current_weights(num_classes: int) -> tuple[float, ...]:
-    return tuple(float(st.session_state[key_weight(c)]) for c in range(num_classes))
-
-
 def set_global(threshold: float, num_classes: int) -> None:
     """Move the global threshold (clamped to [0, 1]) and let every class follow it, so the operating point
     lies on the curves, which are drawn along the global threshold."""
@@ -221,34 +250,73 @@ def set_global(threshold: float, num_classes: int) -> None:
         st.session_state[key_own(c)] = False
 
 
-def apply_set(threshold_set: selective.ThresholdSet) -> None:
-    """Put a saved or imported set into the widgets: rule, global threshold, overrides and weights."""
-    thresholds = threshold_set.thresholds
-    st.session_state[KEY_RULE] = threshold_set.rule
+def set_thresholds(thresholds: selective.Thresholds) -> None:
+    """Put thresholds (global, overrides and weights) into the widgets, exact values kept."""
     _set_exact(KEY_GLOBAL, thresholds.global_threshold)
     for c, (own, weight) in enumerate(zip(thresholds.per_class, thresholds.weights, strict=True)):
         st.session_state[key_own(c)] = own is not None
         _set_exact(key_class(c), thresholds.global_threshold if own is None else own)
         st.session_state[key_weight(c)] = min(max(weight, WEIGHT_RANGE[0]), WEIGHT_RANGE[1])
-    fitted = threshold_set.fitted_on == "val" and threshold_set.target_coverage is not None
-    st.session_state[KEY_FIT] = (
-        {"threshold": thresholds.global_threshold, "target": threshold_set.target_coverage}
-        if fitted
-        else None
-    )
 
 
-def fit_provenance(thresholds: selective.Thresholds) -> tuple[str, float | None]:
-    """(fitted_on, target_coverage) for saving: "val" with its target while the current point is exactly
-    the last fit; "manual" once a slider moved away from it."""
-    fit = st.session_state.get(KEY_FIT)
+def record_fit(
+    run_id: str,
+    rule: str,
+    thresholds: selective.Thresholds,
+    fit: dict[str, Any],
+    target_coverage: float | None,
+) -> None:
+    """Remember a fit on val with everything it depends on: the run, the rule, the weights and the
+    thresholds it produced. A saved set says "fitted on val" only while all of them still match."""
+    st.session_state[KEY_FIT] = {
+        "run_id": run_id,
+        "rule": rule,
+        "thresholds": thresholds,
+        "fit": fit,
+        "target_coverage": target_coverage,
+    }
+
+
+def apply_set(threshold_set: selective.ThresholdSet, run_id: str) -> None:
+    """Put a saved or imported set into the widgets: rule, global threshold, overrides and weights.
+
+    Its fit on val is kept as this run's only when the set says it was fitted on val of this very run."""
+    st.session_state[KEY_RULE] = threshold_set.rule
+    set_thresholds(threshold_set.thresholds)
+    st.session_state[KEY_FIT] = None
+    if threshold_set.fitted_on == "val" and threshold_set.run_id == run_id:
+        fit = threshold_set.fit
+        if fit is None and threshold_set.target_coverage is not None:
+            fit = {"target": "coverage", "value": threshold_set.target_coverage}
+        if fit is not None:
+            record_fit(
+                run_id, threshold_set.rule, threshold_set.thresholds, fit, threshold_set.target_coverage
+            )
+
+
+def _same(a: selective.Thresholds, b: selective.Thresholds) -> bool:
+    def close(x: float | None, y: float | None) -> bool:
+        return (x is None) == (y is None) and (x is None or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12))
+
+    pairs = [(a.global_threshold, b.global_threshold), *zip(a.per_class, b.per_class, strict=True)]
+    pairs += list(zip(a.weights, b.weights, strict=True))
+    return a.num_classes == b.num_classes and all(close(x, y) for x, y in pairs)
+
+
+def fit_provenance(
+    run_id: str, rule: str, thresholds: selective.Thresholds
+) -> tuple[str, float | None, dict[str, Any] | None]:
+    """(fitted_on, target_coverage, fit) for saving: "val" with the fit while the run, the rule, the
+    weights and every threshold are exactly the last fit's; "manual" (no fit) once any of them changed."""
+    last = st.session_state.get(KEY_FIT)
     if (
-        fit is not None
-        and math.isclose(thresholds.global_threshold, fit["threshold"])
-        and all(t is None for t in thresholds.per_class)
+        last is not None
+        and last["run_id"] == run_id
+        and last["rule"] == rule
+        and _same(last["thresholds"], thresholds)
     ):
-        return "val", fit["target"]
-    return "manual", None
+        return "val", last["target_coverage"], last["fit"]
+    return "manual", None, None
 
 
 def show_message(where: str, kind: str, text: str) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from masktune_core import selective
 from masktune_core.errors import ConfigError
-from masktune_core.runs import Run, RunStore
+from masktune_core.runs import Run, RunStore, write_json
 from studio import common
 from studio import selective_state as ss
 from tests.apptest_pages import render_page_script
@@ -201,3 +202,153 @@ def test_deep_link_selects_the_run(finished_store: RunStore) -> None:
     at = selective_page(run=original.id)
     assert at.selectbox(key="pick_run").value == original.id
     assert at.metric
+
+
+# ------------------------------------------------------------------------------ shortcut, scope, provenance
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    return next(b for b in at.button if b.label == label).click().run()
+
+
+def test_shared_shortcut_is_explained_with_a_switch_to_the_unbiased_split(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    # Make test_biased say what the demo run's does: ERM always follows the shortcut to the wrong class;
+    # MaskTune is right on 40% of the samples, so every agreement is a shared wrong answer.
+    preds = run.predictions("test_biased")
+    n = len(preds["label"])
+    rows = np.arange(n)
+
+    def confident(classes: np.ndarray) -> np.ndarray:
+        probs = np.full_like(preds["probs_erm"], 0.05)
+        probs[rows, classes] = 0.95
+        return probs
+
+    wrong = 1 - preds["label"]
+    masktune = np.where(rows % 5 < 2, preds["label"], wrong)
+    run.save_predictions(
+        "test_biased", {**preds, "probs_erm": confident(wrong), "probs_masktune": confident(masktune)}
+    )
+    at = selective_page()
+    assert at.selectbox(key=ss.KEY_TEST_SPLIT).value == "test_biased"
+    notes = " ".join(w.value for w in at.warning)
+    assert "share a shortcut" in notes and "below" in notes
+    click(at, "Show test_original instead")
+    assert at.selectbox(key=ss.KEY_TEST_SPLIT).value == "test_original"
+    assert not any("**test_biased**" in w.value for w in at.warning)
+
+
+def test_tuner_state_does_not_carry_over_to_another_run(finished_store: RunStore) -> None:
+    original = only_run(finished_store)
+    shutil.copytree(original.path, finished_store.root / "zzz-copy")
+    copy = finished_store.get("zzz-copy")
+    write_json(copy.file("config.json"), {**copy.config(), "name": "copy"})  # AppTest picks by label
+    at = selective_page()
+    at.number_input(key=ss.key_weight(0)).set_value(0.5).run()
+    at.slider(key=ss.KEY_GLOBAL).set_value(0.8).run()
+    picker = at.selectbox(key="pick_run")
+    other = "zzz-copy" if picker.value == original.id else original.id
+    picker.set_value(other).run()
+    assert not at.exception and at.session_state[ss.KEY_RUN] == other
+    assert at.number_input(key=ss.key_weight(0)).value == 1.0
+    assert at.slider(key=ss.KEY_GLOBAL).value == ss.DEFAULT_THRESHOLD
+
+
+def save_as(at: AppTest, name: str) -> None:
+    at.text_input(key=ss.KEY_SAVE_NAME).set_value(name).run()
+    click(at, "Save")
+
+
+def test_a_fit_is_claimed_only_for_its_own_run_rule_weights_and_thresholds(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    at.slider(key=ss.KEY_TARGET).set_value(60).run()
+    click(at, "Fit on val")
+    save_as(at, "fitted")
+    saved = run.threshold_sets()["fitted"]
+    assert saved["fitted_on"] == "val" and saved["run_id"] == run.id and saved["target_coverage"] == 0.6
+    assert saved["fit"] == {"target": "coverage", "value": 0.6}
+
+    at.selectbox(key=ss.KEY_RULE).set_value("product").run()  # another rule, same threshold
+    save_as(at, "other-rule")
+    assert run.threshold_sets()["other-rule"]["fitted_on"] == "manual"
+
+    at.selectbox(key=ss.KEY_RULE).set_value("agreement").run()
+    at.number_input(key=ss.key_weight(1)).set_value(0.9).run()  # other weights
+    save_as(at, "other-weights")
+    assert run.threshold_sets()["other-weights"]["fitted_on"] == "manual"
+
+    # A set fitted on val of another run loads as manual here: its fit says nothing about this run.
+    foreign = dict(saved, name="foreign", run_id="another-run")
+    run.save_threshold_set("foreign", foreign)
+    at.run()
+    at.selectbox(key=ss.KEY_LOAD_NAME).set_value("foreign").run()
+    click(at, "Load")
+    save_as(at, "resaved")
+    assert run.threshold_sets()["resaved"]["fitted_on"] == "manual"
+    at.selectbox(key=ss.KEY_LOAD_NAME).set_value("fitted").run()
+    click(at, "Load")
+    save_as(at, "resaved")
+    assert run.threshold_sets()["resaved"]["fitted_on"] == "val"
+
+
+def test_guaranteed_risk_fit_sets_thresholds_and_reports_on_test(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    at.radio(key=ss.KEY_FIT_KIND).set_value("guaranteed_risk").run()
+    at.number_input(key=ss.KEY_TARGET_RISK).set_value(5.0).run()
+    at.number_input(key=ss.KEY_DELTA).set_value(0.05).run()
+    click(at, "Fit on val")
+    assert not at.exception
+    preds = run.predictions("val")
+    scored = selective.score(
+        "agreement", preds["probs_erm"], preds["probs_masktune"], preds["label"], preds["group"]
+    )
+    fit = selective.fit_risk(selective.rank(scored), 0.05, 0.05)
+    assert at.slider(key=ss.KEY_GLOBAL).value == pytest.approx(fit.thresholds.global_threshold, abs=5e-4)
+    assert any("test_biased" in m.value for m in [*at.success, *at.warning])
+    save_as(at, "sure")
+    saved = run.threshold_sets()["sure"]
+    assert saved["fitted_on"] == "val" and saved["fit"]["target"] == "guaranteed_risk"
+    assert saved["fit"]["delta"] == 0.05 and saved["fit"]["val_risk_upper_bound"] == fit.val_bound
+
+
+def test_weights_fitted_on_val_in_one_click(finished_store: RunStore) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    click(at, "Fit weights on val")
+    preds = run.predictions("val")
+    scored = selective.score("agreement", preds["probs_erm"], preds["probs_masktune"], preds["label"])
+    weights = selective.fit_class_weights(scored)
+    for c, w in enumerate(weights):
+        assert at.number_input(key=ss.key_weight(c)).value == pytest.approx(max(w, ss.WEIGHT_RANGE[0]))
+
+
+def test_rules_are_compared_with_intervals_and_rejected_groups_are_counted(finished_store: RunStore) -> None:
+    at = selective_page()
+    table = next(df.value for df in at.dataframe if "AURC [0, 1]" in df.value.columns)
+    assert list(table["rule"]) == [r.label for r in selective.RULES.values()]
+    assert table["AURC [0, 1]"].notna().all()
+    assert any("95% bootstrap intervals" in c.value for c in at.caption)
+    at.slider(key=ss.KEY_GLOBAL).set_value(1.0).run()  # rejects (nearly) everything
+    assert shown(at)["Worst-group accuracy"][1] == "–"
+    assert any("Fully rejected (coverage 0%)" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("scope", ["per_class", "per_group"])
+def test_risk_fit_per_class_or_group_sets_the_engine_thresholds(finished_store: RunStore, scope: str) -> None:
+    run = only_run(finished_store)
+    at = selective_page()
+    at.radio(key=ss.KEY_FIT_KIND).set_value("risk").run()
+    at.radio(key=ss.KEY_FIT_SCOPE).set_value(scope).run()
+    at.number_input(key=ss.KEY_TARGET_RISK).set_value(10.0).run()
+    click(at, "Fit on val")
+    assert not at.exception and not at.error
+    preds = run.predictions("val")
+    scored = selective.score(
+        "agreement", preds["probs_erm"], preds["probs_masktune"], preds["label"], preds["group"]
+    )
+    fit = selective.fit_risk(selective.rank(scored), 0.1, None, scope)
+    for c, t in enumerate(fit.thresholds.per_class):
+        assert at.toggle(key=ss.key_own(c)).value is (t is not None)
+    assert at.slider(key=ss.KEY_GLOBAL).value == pytest.approx(fit.thresholds.global_threshold, abs=5e-4)
