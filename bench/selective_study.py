@@ -26,11 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.reproduce.stats import fmt, stat  # noqa: E402
 from masktune_core import selective as sel  # noqa: E402
 from masktune_core.runs import Run, RunStore, atomic_path  # noqa: E402
 
@@ -116,14 +115,6 @@ def with_ci(value: float | None, interval: sel.Interval | None, digits: int = 2)
     return f"{pct(value, digits)} [{pct(interval.low, digits)}, {pct(interval.high, digits)}]"
 
 
-def mean_text(values: list[float | None], digits: int = 2) -> str:
-    known = [v for v in values if v is not None]
-    if not known:
-        return "undefined"
-    text = f"{100 * float(np.mean(known)):.{digits}f} ± {100 * float(np.std(known)):.{digits}f}"
-    return text + ("" if len(known) == len(values) else f" ({len(known)} of {len(values)} seeds defined)")
-
-
 def curve_table(results: dict[int, dict[str, dict]], split: str) -> list[str]:
     lines = [
         "| rule | seed | largest coverage (%) | AURC [0, 1] (%) | AURC [0, a] (%) | AUGRC (%) | E-AURC (%) |",
@@ -137,7 +128,7 @@ def curve_table(results: dict[int, dict[str, dict]], split: str) -> list[str]:
                 f"| {with_ci(s.aurc_common, ci.get('aurc_common'))} | {with_ci(s.augrc, ci['augrc'])} "
                 f"| {with_ci(s.eaurc, ci['eaurc'])} |"
             )
-    lines += ["", f"Mean ± standard deviation over the {len(results)} seeds, {split}:", ""]
+    lines += ["", f"Mean ± sample standard deviation (n − 1) over the {len(results)} seeds, {split}:", ""]
     lines += [
         "| rule | AURC [0, 1] (%) | AURC [0, a] (%) | AUGRC (%) | E-AURC (%) |",
         "|---|---:|---:|---:|---:|",
@@ -145,7 +136,8 @@ def curve_table(results: dict[int, dict[str, dict]], split: str) -> list[str]:
     for rule, spec in sel.RULES.items():
         summaries = [per_rule[rule]["summary"] for per_rule in results.values()]
         cells = [
-            mean_text([getattr(s, k) for s in summaries]) for k in ("aurc", "aurc_common", "augrc", "eaurc")
+            fmt(stat(getattr(s, k) for s in summaries), digits=2, undefined="undefined")
+            for k in ("aurc", "aurc_common", "augrc", "eaurc")
         ]
         lines.append(f"| {spec.label} | " + " | ".join(cells) + " |")
     commons = [next(iter(r.values()))["summary"].common_coverage for r in results.values()]

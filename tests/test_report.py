@@ -162,7 +162,8 @@ def test_saved_threshold_sets_are_the_operating_points(finished_store: RunStore,
     run.save_threshold_set("broken", {"name": "broken"})
     out = tmp_path / "r.html"
     report(finished_store, out, run.id)
-    points = json.loads(out.with_suffix(".json").read_text())["selective"]["points"]
+    content = json.loads(out.with_suffix(".json").read_text())["selective"]
+    points = content["points"]
     split = run.metrics()["main_test_split"]
     assert {(p["name"], p["split"], p["on_curve"]) for p in points} == {
         ("strict", "val", True),
@@ -181,3 +182,7 @@ def test_saved_threshold_sets_are_the_operating_points(finished_store: RunStore,
     )
     html = out.read_text()
     assert "1 saved set(s) could not be read" in html and "they do not lie on these curves" in html
+    # The legend's AURC is the full-range one, comparable across rules, not the curve's reachable-range one.
+    aurc = content["curves"][split]["aurc"]
+    assert aurc == selective.summarize(selective.rank(scored)).aurc
+    assert f"{split} (AURC [0, 1] {aurc:.3f})" in html

@@ -9,12 +9,13 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.reproduce import analysis, cost, markdown, selective_maths, stats
+from bench.reproduce import analysis, claims, cost, markdown, sections_selective, stats
 from bench.reproduce import grid as study
 from masktune_core import selective as sel
 from masktune_core.config import RunConfig
@@ -31,6 +32,9 @@ def test_fmt_shows_mean_and_std_over_seeds_and_the_value_alone_for_one_seed() ->
     assert stats.fmt(stats.stat([12.0, 14.0]), scale=1.0) == "13.0 ± 1.4"
     assert stats.fmt(stats.stat([0.021, 0.025]), signed=True) == "+2.3 ± 0.3"
     assert stats.fmt(stats.stat([-0.5]), signed=True) == "-50.0"
+    # An undefined seed is left out and said, never read as 0.
+    assert stats.fmt(stats.stat([0.5, None, 0.7])) == "60.0 ± 14.1 (2 of 3 seeds defined)"
+    assert stats.fmt(stats.stat([None]), undefined="undefined") == "undefined"
 
 
 def test_verdict_needs_every_seed_for_reproduced() -> None:
@@ -49,72 +53,72 @@ def test_markdown_table_has_one_cell_per_header_column() -> None:
 
 
 # ------------------------------------------------------------------------------------------ selective
-def _scored(rule: str, n: int = 400, seed: int = 0, groups: bool = False) -> sel.Scored:
+def _arrays(seed: int, n: int = 300) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, n)
     logits = rng.normal(size=(n, 3)) + 2.0 * np.eye(3)[labels]
-    p_erm = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    logits_mt = logits + rng.normal(scale=0.8, size=(n, 3))
-    p_mt = np.exp(logits_mt) / np.exp(logits_mt).sum(1, keepdims=True)
-    group = (labels > 0).astype(np.int64) * 2 + rng.integers(0, 2, n) if groups else None
-    return sel.score(rule, p_erm.astype(np.float32), p_mt.astype(np.float32), labels, group)
-
-
-@pytest.mark.parametrize("rule", ["softmax_masktune", "agreement"])
-def test_aurc_upto_matches_the_engine_over_the_whole_curve_and_a_plain_mean_on_a_prefix(rule: str) -> None:
-    scored = _scored(rule)
-    curve = sel.risk_coverage(sel.rank(scored), max_points=scored.n + 1)
-    assert selective_maths.aurc_upto(curve, curve.max_coverage) == pytest.approx(curve.aurc, abs=1e-12)
-    # Without ties the restricted AURC is the mean over prefixes k = 1..K of (errors among the top k) / k.
-    order = np.argsort(-scored.confidence, kind="stable")
-    errors = ~scored.correct[order]
-    k = int(0.3 * scored.n)
-    expected = np.mean(np.cumsum(errors[:k]) / np.arange(1, k + 1))
-    assert selective_maths.aurc_upto(curve, 0.3) == pytest.approx(expected, abs=1e-12)
-    assert selective_maths.aurc_upto(curve, 0.0) is None
-
-
-def test_class_weights_lower_the_threshold_of_a_class_the_models_are_less_sure_of() -> None:
-    pred = np.array([0, 0, 1, 1, 2])
-    confidence = np.array([0.9, 0.9, 0.45, 0.45, -np.inf])
-    scored = sel.Scored(
-        rule="agreement",
-        num_classes=4,
-        pred=pred,
-        confidence=confidence,
-        correct=np.ones(5, bool),
-        agree=np.isfinite(confidence),
-        labels=pred,
-        groups=None,
-        group_ids=np.zeros(0, np.int64),
-        group_index=None,
-    )
-    # Class 2 is only ever predicted on a disagreement and class 3 never: both keep weight 1.
-    assert selective_maths.class_weights(scored).tolist() == pytest.approx([1.0, 0.5, 1.0, 1.0])
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    flipped = probs[:, ::-1].copy() if seed else probs
+    return {
+        "label": labels,
+        "group": labels % 2,
+        "probs_erm": probs,
+        "probs_masktune_1": np.where(rng.random((n, 1)) < 0.8, probs, flipped),
+    }
 
 
 def test_analyse_rule_fits_on_val_and_reports_on_test_for_every_target() -> None:
-    def arrays(seed: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        n = 300
-        labels = rng.integers(0, 3, n)
-        logits = rng.normal(size=(n, 3)) + 2.0 * np.eye(3)[labels]
-        probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
-        flipped = probs[:, ::-1].copy() if seed else probs
-        return {
-            "label": labels,
-            "group": labels % 2,
-            "probs_erm": probs,
-            "probs_masktune_1": np.where(rng.random((n, 1)) < 0.8, probs, flipped),
-        }
-
     rule = next(r for r in analysis.SELECTIVE_RULES if r.per_class)
-    outcome = analysis.analyse_rule(rule, arrays(0), arrays(1), "masktune_1")
+    outcome = analysis.analyse_rule(rule, _arrays(0), _arrays(1), "masktune_1")
     assert [row["target_coverage"] for row in outcome.table] == list(analysis.TARGETS)
     assert len(outcome.group_points) == len(analysis.TARGETS)
     assert set(outcome.group_curves) == {0, 1}
     # The agreement rule never accepts more than the samples both models agree on.
     assert all(row["test_coverage"] <= outcome.agreement_rate + 1e-12 for row in outcome.table)
+    # Its weights are the engine's, fitted on val, and its test ranking uses them.
+    val = sel.score("agreement", *(_arrays(0)[k] for k in ("probs_erm", "probs_masktune_1", "label")))
+    assert outcome.ranking.weights.tolist() == sel.fit_class_weights(val).tolist()
+
+
+def test_every_rule_is_summarised_on_the_range_all_rules_reach() -> None:
+    outcome = analysis.analyse_rules(_arrays(0), _arrays(1), "masktune_1")
+    common = sel.common_coverage([o.ranking for o in outcome.values()])
+    # The agreement rules stop at the agreement rate, so that is the common range here.
+    assert common == pytest.approx(outcome["agreement"].agreement_rate)
+    assert 0 < common < 1
+    for o in outcome.values():
+        assert o.summary == sel.summarize(o.ranking, common)
+        assert o.summary.aurc_common is not None
+
+
+def _undefined(outcome: dict[str, analysis.RuleOutcome], key: str) -> dict[str, analysis.RuleOutcome]:
+    """``outcome`` with rule ``key`` accepting no test sample: its AURCs are undefined."""
+    nothing = replace(outcome[key].summary, aurc=None, aurc_common=None, max_coverage=0.0)
+    return {**outcome, key: replace(outcome[key], summary=nothing)}
+
+
+def test_an_undefined_aurc_is_shown_as_undefined_and_leaves_the_claim_unjudged() -> None:
+    outcome = analysis.analyse_rules(_arrays(0), _arrays(1), "masktune_1")
+    broken = _undefined(outcome, "product")
+    per_seed = [(None, outcome), (None, broken)]
+
+    verdicts = {
+        subject: (word, text) for word, subject, text in claims.claim_selective({"d": per_seed}).verdicts
+    }
+    word, text = verdicts["d: Product rule (reference code)"]
+    assert word == claims.UNJUDGED
+    assert "Undefined in 1 of 2 seeds" in text and "lower in" in text and "of 1 seeds" in text
+    assert verdicts["d: Agreement + per-class thresholds"][0] != claims.UNJUDGED
+
+    lines = "\n".join(sections_selective.aurc_table({"d": per_seed})).splitlines()
+    product = next(line for line in lines if line.startswith("| Product rule"))
+    cells = [c.strip() for c in product.strip("|").split("|")]
+    full = outcome["product"].summary.aurc
+    assert cells[1] == f"{100 * full:.3f} (1 of 2 seeds defined)"
+    assert cells[3].endswith("(1 of 2 seeds defined)")
+    alone = "\n".join(sections_selective.aurc_table({"d": [(None, broken)]})).splitlines()
+    assert "| Product rule (reference code) | – | 0.0 | – |" in alone
+    assert not any("0.000" in line for line in alone if line.startswith("| Product"))
 
 
 # ----------------------------------------------------------------------------------------------- grid
@@ -202,7 +206,7 @@ TABLE_HEADERS = [
     "| variant | test_original | test_biased | worst-group |",
     "| runs | n | data | erm |",
     "| rule | target coverage | val coverage (%) | test coverage (%) | test selective error (%) |",
-    "| rule | digits: AURC (%) |",
+    "| rule | digits: AURC [0, 1] (%) | largest coverage (%) | AURC [0, a] (%) |",
     "| rule | target | 0-4 / no square | 5-9 / square | gap (points) |",
 ]
 
@@ -257,7 +261,7 @@ def test_quick_run_writes_a_well_formed_page(tmp_path: Path) -> None:
     assert "thresholds and per-class tolerance weights are fitted on val and reported on test" in text
     assert f"-m bench.reproduce --quick --out {out}" in text
     # Every claim gets a generated verdict, whatever it is.
-    verdict = r"^- \*\*(reproduced|partly reproduced|not reproduced|not testable)\*\*:"
+    verdict = r"^- \*\*(reproduced|partly reproduced|not reproduced|not testable|cannot be judged)\*\*:"
     verdicts = re.findall(verdict, text, re.MULTILINE)
     assert len(verdicts) >= 3
     # The runs asked to be kept stay, and no temporary file is left beside the page.

@@ -27,8 +27,8 @@ Nothing is tuned on a test split: checkpoints are selected on val by the pipelin
 per-class tolerance weights are fitted on val, and test only reports.
 
 Modules, one concern each: ``grid`` (the runs), ``cost`` (time estimate and budget), ``pool`` (running
-them), ``analysis`` (results and the selective study), ``selective_maths``, ``stats``, ``claims``, ``plots``,
-``markdown`` and the two ``sections`` modules (the page), ``page`` (putting it together), ``__main__`` (the
-command line). ``selective_maths`` holds the study's own selective-classification maths (per-class weights
-fitted on val, AURC over a common coverage range), kept together so library calls can replace them.
+them), ``analysis`` (results and the selective study), ``stats``, ``claims``, ``plots``, ``markdown`` and the
+two ``sections`` modules (the page), ``page`` (putting it together), ``__main__`` (the command line). The
+selective-classification maths (per-class weights fitted on val, full- and common-range AURC) is the
+engine's, ``masktune_core.selective``; nothing here recomputes it.
 """

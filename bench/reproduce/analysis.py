@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from bench.reproduce.grid import Job
-from bench.reproduce.selective_maths import class_weights
 from masktune_core import selective as sel
 from masktune_core.runs import Run
 
@@ -83,9 +82,13 @@ def select(results: Sequence[Result], study: str, dataset: str, variant: str = "
 
 @dataclass
 class RuleOutcome:
-    """One rule on one run: the val-fitted coverage table on test, full test curves, per-group points."""
+    """One rule on one run: the val-fitted coverage table on test, full test curves, per-group points, and
+    the engine's summary of the test ranking (full-range AURC, and from :func:`analyse_selective` the AURC
+    on the range every rule reaches)."""
 
     table: list[dict[str, Any]]
+    ranking: sel.Ranking
+    summary: sel.Summary
     curve: sel.Curve
     group_curves: dict[int, sel.Curve]
     group_points: list[dict[str, Any]]
@@ -103,7 +106,7 @@ def analyse_rule(
         )
 
     scored_val, scored_test = scored(val), scored(test)
-    weights = class_weights(scored_val) if rule.per_class else None
+    weights = sel.fit_class_weights(scored_val) if rule.per_class else None
     ranking_val = sel.rank(scored_val, weights)
     table = sel.coverage_table(ranking_val, scored_test, TARGETS)
     ranking_test = sel.rank(scored_test, weights)
@@ -117,6 +120,8 @@ def analyse_rule(
             group_points.append(sel.evaluate(scored_test, thresholds)["per_group"])
     return RuleOutcome(
         table,
+        ranking_test,
+        sel.summarize(ranking_test),
         sel.risk_coverage(ranking_test, max_points=full),
         sel.risk_coverage_by(ranking_test, "group", max_points=full),
         group_points,
@@ -125,8 +130,19 @@ def analyse_rule(
 
 
 def analyse_selective(result: Result, test_split: str, masktune: str) -> dict[str, RuleOutcome]:
-    val, test = result.predictions("val"), result.predictions(test_split)
-    return {rule.key: analyse_rule(rule, val, test, masktune) for rule in SELECTIVE_RULES}
+    return analyse_rules(result.predictions("val"), result.predictions(test_split), masktune)
+
+
+def analyse_rules(
+    val: dict[str, np.ndarray], test: dict[str, np.ndarray], masktune: str
+) -> dict[str, RuleOutcome]:
+    """Every rule on one run; each summary also holds the AURC on the common range [0, a], a being the
+    largest test coverage every rule reaches (undefined when one of them accepts nothing)."""
+    outcome = {rule.key: analyse_rule(rule, val, test, masktune) for rule in SELECTIVE_RULES}
+    common = sel.common_coverage([o.ranking for o in outcome.values()])
+    if common == 0:
+        return outcome
+    return {k: replace(o, summary=sel.summarize(o.ranking, common)) for k, o in outcome.items()}
 
 
 Outcomes = dict[str, list[tuple[Result, dict[str, RuleOutcome]]]]  # dataset -> per seed

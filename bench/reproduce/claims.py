@@ -17,7 +17,6 @@ from bench.reproduce.analysis import (
     select,
 )
 from bench.reproduce.grid import SHORTCUT_METHODS
-from bench.reproduce.selective_maths import aurc_upto, common_range
 from bench.reproduce.stats import AURC_DIGITS, fmt, stat, verdict
 
 # Verdict rules, stated on the page.
@@ -115,31 +114,48 @@ def claim_randmask(results: Sequence[Result], datasets: Sequence[str]) -> Claim:
     return claim
 
 
+UNJUDGED = "cannot be judged"  # a value the verdict needs is undefined in some seed
+
+
 def claim_selective(outcomes: Outcomes) -> Claim:
+    """Per combined rule: is its AURC on the common range [0, a] below the better single model's, seed by
+    seed? A seed where one of those AURCs is undefined (a rule accepts nothing on test) leaves the claim
+    unjudged for that rule: an undefined value is never read as a perfect or a worst score."""
     claim = Claim("ERM and MaskTune together make a good selective classifier")
     labels = {r.key: r.label for r in SELECTIVE_RULES}
     for dataset, per_seed in outcomes.items():
         for combined in COMBINED_RULES:
-            mine, best, wins, ties = [], [], 0, 0
+            mine, best, wins, ties, undefined = [], [], 0, 0, 0
             for _, outcome in per_seed:
-                upto = common_range(outcome)
-                single = min(aurc_upto(outcome[k].curve, upto) or 0.0 for k in SINGLE_RULES)
-                value = aurc_upto(outcome[combined].curve, upto) or 0.0
+                value = outcome[combined].summary.aurc_common
+                singles = [outcome[k].summary.aurc_common for k in SINGLE_RULES]
+                if value is None or None in singles:
+                    undefined += 1
+                    continue
+                single = min(s for s in singles if s is not None)
                 mine.append(value)
                 best.append(single)
                 wins += value < single
                 ties += value == single
             tied = f" (equal in {ties})" if ties else ""
-            claim.verdicts.append(
-                (
-                    verdict(wins, len(per_seed)),
-                    f"{dataset}: {labels[combined]}",
-                    f"{dataset}, {labels[combined]}: AURC on the common coverage range [0, agreement rate] "
-                    f"{fmt(stat(mine), digits=AURC_DIGITS)}% against {fmt(stat(best), digits=AURC_DIGITS)}% "
-                    f"for the better single-model softmax response; lower in {wins} of {len(per_seed)} "
-                    f"seeds{tied}.",
-                )
+            n = len(per_seed)
+            sentence = (
+                f"{dataset}, {labels[combined]}: AURC on the common coverage range [0, a] (a = the largest "
+                "test coverage every rule reaches)"
             )
+            if mine:
+                sentence += (
+                    f" {fmt(stat(mine), digits=AURC_DIGITS)}% against {fmt(stat(best), digits=AURC_DIGITS)}% "
+                    f"for the better single-model softmax response; lower in {wins} of {len(mine)} "
+                    f"seeds{tied}."
+                )
+            else:
+                sentence += "."
+            word = verdict(wins, n)
+            if undefined:
+                word = UNJUDGED
+                sentence += f" Undefined in {undefined} of {n} seeds, where a rule accepts no test sample."
+            claim.verdicts.append((word, f"{dataset}: {labels[combined]}", sentence))
     return claim
 
 

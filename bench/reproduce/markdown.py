@@ -95,12 +95,14 @@ DEFINITIONS = [
     "(there: digits 0-4 without the square and digits 5-9 with it).",
     "- **coverage**: the fraction of test samples a selective rule accepts.",
     "- **selective error**: the error rate on the accepted test samples (shown as – when none is accepted).",
-    "- **AURC**: the area under the risk-coverage curve (selective error against coverage as the threshold "
-    "sweeps the test samples in decreasing confidence), i.e. the mean selective error over all accepted "
-    "prefixes; the agreement rules' curves stop at the agreement rate, since a disagreement is never "
-    "accepted, so their own AURC averages over a shorter range. **AURC on [0, a]** restricts every rule to "
-    "the coverage range [0, a] that all of them reach (a = the test agreement rate), which makes rules "
-    "comparable.",
+    "- **AURC [0, 1]** (full range): the area under the risk-coverage step curve (selective error against "
+    "coverage as the threshold sweeps the test samples by decreasing confidence, tied confidences accepted "
+    "as one block) over the whole range; past the largest coverage a rule reaches (the agreement rules stop "
+    "at the agreement rate) it accepts nothing more, so its error stays the one at that coverage.",
+    "- **AURC [0, a]** (common range): the mean selective error over [0, a], a = the largest test coverage "
+    "every rule reaches, the range on which the rules are compared. Both are computed by "
+    "`masktune_core.selective.summarize`, whose module states the conventions; either is undefined (–), "
+    "never 0, when a rule accepts no test sample.",
     "- **mean ± std**: over seeds, std the sample standard deviation (n − 1); a single seed shows its value "
     "alone.",
     "- **Splits that tuned things**: ERM checkpoints are selected on val accuracy by the pipeline; selective "

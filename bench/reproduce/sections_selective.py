@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bench.reproduce.analysis import GROUP_RULES, SELECTIVE_RULES, TARGETS, group_gap
-from bench.reproduce.claims import PAPER, RECOVERY_SHARE, SHORTCUT_GAP, Claim, group_sentences
+from bench.reproduce.analysis import GROUP_RULES, SELECTIVE_RULES, TARGETS, Outcomes, group_gap
+from bench.reproduce.claims import PAPER, RECOVERY_SHARE, SHORTCUT_GAP, UNJUDGED, Claim, group_sentences
 from bench.reproduce.grid import SEEDS
 from bench.reproduce.markdown import Page, setup_table, table
-from bench.reproduce.selective_maths import aurc_upto, common_range
 from bench.reproduce.stats import AURC_DIGITS, fmt, seeds_text, stat
 
 
@@ -75,33 +74,42 @@ def selective_section(page: Page) -> list[str]:
             "cannot all describe one operating point.",
             "",
         ]
-    rows = []
-    for rule in SELECTIVE_RULES:
-        row = [rule.label]
-        for per_seed in page.selective.values():
-            row += [
-                fmt(stat(o[rule.key].curve.aurc for _, o in per_seed), digits=AURC_DIGITS),
-                fmt(stat(o[rule.key].curve.max_coverage for _, o in per_seed)),
-                fmt(
-                    stat(aurc_upto(o[rule.key].curve, common_range(o)) for _, o in per_seed),
-                    digits=AURC_DIGITS,
-                ),
-            ]
-        rows.append(row)
-    header = ["rule"]
-    for dataset in page.selective:
-        header += [f"{dataset}: AURC (%)", "max coverage (%)", "AURC on [0, a] (%)"]
-    lines += [
-        "### AURC on test (lower is better)",
-        "",
-        table(header, rows),
-        "",
+    return [
+        *lines,
+        *aurc_table(page.selective),
         "*Paper (quoted): no AURC is quoted, by the paper or by the report.*",
         "",
         f"![risk-coverage curves]({page.figures['risk_coverage']})",
         "",
     ]
-    return lines
+
+
+def aurc_table(selective: Outcomes) -> list[str]:
+    """Every rule's full-range and common-range test AURC, per dataset, from the engine's summaries."""
+    rows = []
+    for rule in SELECTIVE_RULES:
+        row = [rule.label]
+        for per_seed in selective.values():
+            summaries = [o[rule.key].summary for _, o in per_seed]
+            row += [
+                fmt(stat(s.aurc for s in summaries), digits=AURC_DIGITS),
+                fmt(stat(s.max_coverage for s in summaries)),
+                fmt(stat(s.aurc_common for s in summaries), digits=AURC_DIGITS),
+            ]
+        rows.append(row)
+    header = ["rule"]
+    for dataset in selective:
+        header += [f"{dataset}: AURC [0, 1] (%)", "largest coverage (%)", "AURC [0, a] (%)"]
+    return [
+        "### AURC on test (lower is better)",
+        "",
+        "AURC [0, 1] is the full-range AURC and AURC [0, a] the mean selective error on the common range, a "
+        "being the largest test coverage every rule reaches (the definitions above state each convention); "
+        "– marks an undefined value (a rule that accepts no test sample), never a 0.",
+        "",
+        table(header, rows),
+        "",
+    ]
 
 
 def groups_section(page: Page) -> list[str]:
@@ -158,8 +166,9 @@ def claims_section(claims: Sequence[Claim]) -> list[str]:
         "when it is better in most seeds, or in every seed without closing that much; **not reproduced** "
         "otherwise; "
         f"**not testable** when ERM's test_biased accuracy trails test_original by less than "
-        f"{SHORTCUT_GAP:.0%}, so there is no shortcut failure to recover from. One seed cannot show "
-        "consistency: read a one-seed verdict as a single observation.",
+        f"{SHORTCUT_GAP:.0%}, so there is no shortcut failure to recover from; **{UNJUDGED}** when a value "
+        "the verdict needs is undefined in some seed (for claim 3, a rule that accepts no test sample). "
+        "One seed cannot show consistency: read a one-seed verdict as a single observation.",
         "",
     ]
     for number, claim in enumerate(claims, 1):

@@ -13,9 +13,11 @@ AURC_DIGITS = 3
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample standard deviation (n - 1) over seeds; std is None with one value."""
+    """Mean and sample standard deviation (n - 1) over the seeds whose value is defined; std is None with
+    one value. ``undefined`` counts the seeds whose value is undefined (None): they are left out, and said."""
 
     values: tuple[float, ...]
+    undefined: int = 0
 
     @property
     def n(self) -> int:
@@ -31,18 +33,22 @@ class Stat:
 
 
 def stat(values: Iterable[float | None]) -> Stat:
-    return Stat(tuple(float(v) for v in values if v is not None))
+    given = list(values)
+    return Stat(tuple(float(v) for v in given if v is not None), sum(v is None for v in given))
 
 
-def fmt(s: Stat, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
-    """``mean ± std`` (scaled, e.g. to percent); the mean alone for one seed; an en dash for no value.
+def fmt(s: Stat, scale: float = 100.0, digits: int = 1, signed: bool = False, undefined: str = "–") -> str:
+    """``mean ± std`` (scaled, e.g. to percent); the mean alone for one seed; ``undefined`` when no seed has
+    a value, and "(k of n seeds defined)" after the numbers when only some have one: never a 0.
 
     ``signed`` writes a + on a positive mean, for differences.
     """
     if s.mean is None:
-        return "–"
+        return undefined
     text = f"{s.mean * scale:{'+' if signed else ''}.{digits}f}"
-    return text if s.std is None else f"{text} ± {s.std * scale:.{digits}f}"
+    if s.std is not None:
+        text += f" ± {s.std * scale:.{digits}f}"
+    return text + (f" ({s.n} of {s.n + s.undefined} seeds defined)" if s.undefined else "")
 
 
 def seeds_text(n: int) -> str:

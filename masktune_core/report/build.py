@@ -226,7 +226,9 @@ def gallery_section(run: Run) -> dict[str, Any] | None:
     }
 
 
-def _curve_dict(curve: selective.Curve) -> dict[str, Any]:
+def _curve_dict(ranking: selective.Ranking) -> dict[str, Any]:
+    """The ranking's risk-coverage curve, thinned, and its full-range AURC [0, 1] (None when undefined)."""
+    curve = selective.risk_coverage(ranking)
     step = max(1, len(curve.coverage) // 200)  # 200 points draw the curve; the file stays small
     keep = list(range(0, len(curve.coverage), step))
     if keep and keep[-1] != len(curve.coverage) - 1:
@@ -235,7 +237,7 @@ def _curve_dict(curve: selective.Curve) -> dict[str, Any]:
         "coverage": [float(curve.coverage[i]) for i in keep],
         "risk": [float(curve.risk[i]) for i in keep],
         "accuracy": [float(curve.accuracy[i]) for i in keep],
-        "aurc": curve.aurc,
+        "aurc": selective.summarize(ranking).aurc,
     }
 
 
@@ -281,7 +283,7 @@ def selective_section(run: Run) -> dict[str, Any] | None:
                 point.update(threshold=fit.threshold, reachable=fit.reachable, on_curve=True)
                 points.append(point)
     curves = {
-        split: _curve_dict(selective.risk_coverage(selective.rank(scored(pred, RULE))))
+        split: _curve_dict(selective.rank(scored(pred, RULE)))
         for split, pred in (("val", val_pred), (test, test_pred))
     }
     return {

@@ -322,7 +322,7 @@ def selective_html(sel: dict[str, Any] | None) -> str:
     series_rc, series_ar = [], []
     for split, color, dashed in (("val", svg.COLORS["val"], True), (test, svg.COLORS["test"], False)):
         c = sel["curves"][split]
-        aurc = "" if c["aurc"] is None else f" (AURC {c['aurc']:.3f})"
+        aurc = "" if c["aurc"] is None else f" (AURC [0, 1] {c['aurc']:.3f})"
         series_rc.append(svg.Series(f"{split}{aurc}", c["coverage"], c["risk"], color, dashed))
         series_ar.append(svg.Series(split, [1 - x for x in c["coverage"]], c["accuracy"], color, dashed))
     markers_rc = [

@@ -74,12 +74,6 @@ class Curve:
     n_points: int
     n: int
 
-    @property
-    def aurc(self) -> float | None:
-        """``aurc_reachable`` under its former name, read by bench/reproduce.py until it moves to
-        ``summarize``; no page shows it."""
-        return self.aurc_reachable
-
 
 def block_ends(keys: np.ndarray) -> np.ndarray:
     """Index of the last element of every run of equal keys."""

@@ -12,7 +12,7 @@ Conventions (stated once here; the page and docs/ repeat them in one line each):
 - **Full range [0, 1].** A rule that can accept only m < n samples (the agreement rule never accepts a
   disagreement) stops at coverage a = m / n. Beyond it, it accepts nothing more, so its selective risk
   stays the risk at a: r(c) = e_m / m for c in (a, 1]. ``aurc`` is the integral of r over [0, 1].
-- **Common range [0, a].** ``aurc_upto(a)`` is the mean of r over [0, a], i.e. (1 / a) times its
+- **Common range [0, a].** ``aurc_common`` is the mean of r over [0, a], i.e. (1 / a) times its
   integral, so rules are compared on a coverage range every one of them reaches.
 - **AUGRC** (Traub et al., NeurIPS 2024) integrates the generalized risk g(c) = (wrong and accepted) / n,
   the share of *all* samples that are undetected failures, over [0, 1] with the same blocks and the same
@@ -21,8 +21,8 @@ Conventions (stated once here; the page and docs/ repeat them in one line each):
   confidence put every correct acceptable sample above every wrong one (same n, m and errors). It is
   never negative.
 
-``Curve.aurc_reachable`` (the curve's own number, kept for the bench) integrates the block's end risk over
-the whole block instead; without ties the two conventions agree.
+``Curve.aurc_reachable`` (the curve's own number, averaged over its reachable range [0, m / n] only)
+integrates the block's end risk over the whole block instead; without ties the two conventions agree.
 
 Every value is None ("undefined", never 0) when the rule accepts nothing at any threshold.
 """
