@@ -79,6 +79,14 @@ def background(images: np.ndarray, cues: np.ndarray, rng: np.random.Generator) -
     return to_uint8(alpha * _grey_rgb(images) + (1 - alpha) * scene)
 
 
+def object_colour(images: np.ndarray, cues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The object's own pixels are coloured: cue 0 orange, cue 1 light blue; the background stays black.
+    No mask can hide this cue without hiding the object."""
+    n = len(images)
+    colours = np.where(cues[:, None] == 1, _jitter(MARK_COLORS[1], n, rng), _jitter(MARK_COLORS[0], n, rng))
+    return to_uint8(images[..., None] * colours[:, None, None, :])
+
+
 def object_mark(images: np.ndarray, cues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A small coloured mark printed on the object itself, like a logo on a garment, at a random spot
     inside the object: cue 0 an orange mark, cue 1 a light-blue one. It overlaps the object, so masking
@@ -99,5 +107,6 @@ RENDERERS: dict[str, Renderer] = {
     "corner-patch": corner_patch,
     "colour-tint": colour_tint,
     "background": background,
+    "object-colour": object_colour,
     "object-mark": object_mark,
 }

@@ -76,6 +76,17 @@ SPECS = (
         103,
     ),
     Spec(
+        "colour-coats",
+        "fashion:2,4",
+        ("pullover", "coat"),
+        "hard: the same silhouette, told apart by openings and buttons",
+        "object-colour",
+        ("the object itself is orange", "the object itself is light blue"),
+        "waterbirds",
+        0.95,
+        104,
+    ),
+    Spec(
         "mark-coats",
         "fashion:2,4",
         ("pullover", "coat"),
