@@ -67,7 +67,10 @@ def compute_heatmaps(
     through pytorch-grad-cam. Both give the library's maps; the model comes back unchanged.
     """
     check_method(method)
-    with _model_state_restored(model):
+    # Always fp32, even inside a caller's autocast region: pytorch-grad-cam turns maps into numpy arrays,
+    # which have no bf16, and half-precision gradients would move the thresholds.
+    with _model_state_restored(model), torch.autocast(images.device.type, enabled=False):
+        images = images.float()
         if fast and method in FAST_METHODS:
             return _fast_heatmaps(model, images, method)
         return _library_heatmaps(model, images, method)
