@@ -6,6 +6,7 @@ Bad input prints one line on stderr naming the field or file, exits non-zero and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
+from masktune_core import distributed
 from masktune_core.config import RunConfig
 from masktune_core.errors import MaskTuneError
 from masktune_core.runs import Run, RunStore, default_runs_dir, now_iso, process_start_time
@@ -94,10 +96,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in given.items() if v is not None})
     config = RunConfig.from_dict(values).resolved()
     store = RunStore(args.runs_dir or default_runs_dir())
-    run = store.create(config.to_dict())
+    distributed.init(config.device)
+    if distributed.launched():  # under torchrun: rank 0 makes the run, the other ranks join it
+        config = dataclasses.replace(config, nproc=distributed.world_size())
+    run = store.create(config.to_dict()) if distributed.is_main() else None
+    run = store.get(distributed.broadcast(None if run is None else run.id))
     flag = _stop_flag()
-    with run.exclusive():
+    with _owned(run):
         status = _execute(run, flag)
+    if not distributed.is_main():
+        return 0 if status["state"] == "done" else 1
     if status["state"] == "failed" and status.get("stage") == "data":
         # Bad input found while loading data: say so and leave no half-made run behind.
         shutil.rmtree(run.path, ignore_errors=True)
@@ -113,7 +121,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _execute(run: Run, flag: list[bool]) -> dict[str, Any]:
     from masktune_core.pipeline import execute
 
+    nproc = int(run.config().get("nproc") or 1)
+    if nproc > 1 and not distributed.launched():
+        return distributed.launch(run, nproc)  # torchrun, resuming the run on nproc processes
     return execute(run, should_stop=lambda: flag[0], echo=_echo)
+
+
+def _owned(run: Run) -> contextlib.AbstractContextManager[None]:
+    """The run's lock, held by the process that owns the run: rank 0, unless the launcher that
+    started torchrun holds it already."""
+    if not distributed.is_main() or os.environ.get(distributed.LOCK_HELD_ENV) == run.id:
+        return contextlib.nullcontext()
+    return run.exclusive()
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -122,12 +141,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     flag = _stop_flag()
     store = RunStore(args.runs_dir or default_runs_dir())
     run = store.get(args.run_id)
-    run.load_config()
+    distributed.init(run.load_config().get("device", "auto"))
+    if not distributed.is_main():  # a rank of a distributed resume: rank 0 owns the run
+        return 0 if _execute(run, flag)["state"] == "done" else 1
     if run.status()["state"] == "done":
         print(f"run {run.id} is already done", file=sys.stderr)
         print(run.path)
         return 0
-    with run.exclusive():
+    with _owned(run):
         previous = run.status()
         done = ", ".join(previous.get("stages_done") or []) or "none"
         if previous.get("state") == "queued":  # started by jobs.start/submit, which logged why
@@ -254,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ class RunConfig:
     # execution
     seed: int = 0
     device: str = "auto"
+    nproc: int = 1  # processes (torchrun DDP); batch_size is the global batch, split among them
     name: str | None = None
 
     # ------------------------------------------------------------------ construction
@@ -171,6 +172,11 @@ class RunConfig:
         _positive_int("square_size", self.square_size)
         _positive_int("train_copies", self.train_copies, lower=0, upper=64)
         _positive_int("seed", self.seed, lower=0, upper=2**31 - 1)
+        _positive_int("nproc", self.nproc, upper=1024)
+        if self.batch_size is not None and self.batch_size % self.nproc:
+            raise ConfigError(
+                "batch_size", f"{self.batch_size} does not split evenly among nproc={self.nproc} processes"
+            )
         _positive_float("lr", self.lr)
         _positive_float("finetune_lr", self.finetune_lr)
         _in_range("momentum", self.momentum, 0.0, 0.999)

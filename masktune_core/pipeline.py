@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from masktune_core import evaluate, masking, models, train
+from masktune_core import distributed, evaluate, masking, models, train
 from masktune_core.config import RunConfig
-from masktune_core.data import DatasetBundle, build_dataset
+from masktune_core.data import DatasetBundle
+from masktune_core.data.cache import load_dataset
 from masktune_core.errors import CheckpointError, MaskTuneError
 from masktune_core.runs import Run, atomic_path, disk_error, now_iso, process_start_time, write_json
 
@@ -107,7 +108,7 @@ class Context:
     device: torch.device
     progress: Progress
     should_stop: Callable[[], bool]
-    _masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    _masks: dict[str, masking.PackedMasks] = field(default_factory=dict)
 
     def new_model(self) -> models.Classifier:
         return models.build_model(
@@ -132,15 +133,21 @@ class Context:
         models.load_state(model, self.run.checkpoint_path(checkpoint))
         return model.to(self.device)
 
-    def masks(self, name: str) -> torch.Tensor:
+    def masks(self, name: str) -> masking.PackedMasks:
         if name not in self._masks:
-            self._masks[name] = masking.load_masks(self.run.masks_path(name))
+            self._masks[name] = masking.load_packed_masks(self.run.masks_path(name))
         return self._masks[name]
 
     def check_stop(self) -> bool:
-        if self.should_stop():
+        """Raise Cancelled when asked to stop; every rank of a distributed run stops at the same call."""
+        if distributed.any_rank(self.should_stop()):
             raise Cancelled()
         return False
+
+    def check_stop_here(self) -> None:
+        """This rank alone (ranks compute unequal numbers of mask batches, so no collective here)."""
+        if self.should_stop():
+            raise Cancelled()
 
 
 def dataset_summary(bundle: DatasetBundle) -> dict[str, Any]:
@@ -222,7 +229,8 @@ def stage_erm(ctx: Context) -> None:
         improved = score is not None and (score, -val["loss"]) > best
         if improved:
             best = (score, -val["loss"])
-            models.save_state(model, ctx.run.checkpoint_path("erm"))
+            if distributed.is_main():
+                models.save_state(model, ctx.run.checkpoint_path("erm"))
         ctx.run.append_event(
             {
                 "stage": "erm",
@@ -247,9 +255,12 @@ def stage_erm(ctx: Context) -> None:
             "best": best[0],
             "best_loss": -best[1],
         }
-        with atomic_path(state_path) as tmp:
-            torch.save(training_state, tmp)
-    state_path.unlink(missing_ok=True)
+        if distributed.is_main():
+            with atomic_path(state_path) as tmp:
+                torch.save(training_state, tmp)
+    distributed.barrier()  # every rank has read the training state before it goes
+    if distributed.is_main():
+        state_path.unlink(missing_ok=True)
 
 
 def validation_scores(ctx: Context, model: torch.nn.Module) -> dict[str, float | None]:
@@ -280,10 +291,12 @@ def stage_masks(ctx: Context, iteration: int) -> None:
     config = ctx.config
 
     def on_batch(done: int, total: int) -> None:
-        ctx.check_stop()
+        ctx.check_stop_here()
         ctx.progress.update(done / total)
 
-    masks = masking.compute_masks(
+    # Each rank computes its share of the batches, streamed to disk; the file is assembled once.
+    mine = distributed.shard_range(-(-len(split) // config.batch_size))
+    batches = masking.iter_masks(
         model,
         split.images,
         method=config.cam_method,
@@ -292,9 +305,13 @@ def stage_masks(ctx: Context, iteration: int) -> None:
         batch_size=config.batch_size,
         device=ctx.device,
         progress=on_batch,
+        batches=mine,
     )
-    masking.save_masks(ctx.run.masks_path(f"iter{iteration}"), masks)
-    area = masks.flatten(1).float().mean(1)
+    path = ctx.run.masks_path(f"iter{iteration}")
+    distributed.save_masks(path, batches, (len(split), *split.images.shape[-2:]), config.batch_size)
+    if not distributed.is_main():
+        return
+    area = ctx.masks(f"iter{iteration}").areas().float() / (split.images.shape[-2] * split.images.shape[-1])
     ctx.run.append_event(
         {
             "stage": f"masks_{iteration}",
@@ -309,7 +326,12 @@ def stage_masks(ctx: Context, iteration: int) -> None:
 
 
 def finetune(
-    ctx: Context, source: str, masks: torch.Tensor, target: str, stage: str, seed_offset: int
+    ctx: Context,
+    source: str,
+    masks: masking.PackedMasks | masking.RandomBlocks,
+    target: str,
+    stage: str,
+    seed_offset: int,
 ) -> None:
     """One epoch on the masked training split from checkpoint ``source``; saves checkpoint ``target``."""
     config, split = ctx.config, ctx.bundle.splits["train"]
@@ -344,7 +366,8 @@ def finetune(
     ctx.run.append_event(
         {"stage": stage, "kind": "epoch", "epoch": 1, **_prefixed("train", stats), **_prefixed("val", val)}
     )
-    models.save_state(model, ctx.run.checkpoint_path(target))
+    if distributed.is_main():
+        models.save_state(model, ctx.run.checkpoint_path(target))
 
 
 def stage_finetune(ctx: Context, iteration: int) -> None:
@@ -357,14 +380,17 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
         f"finetune_{iteration}",
         iteration,
     )
-    if iteration == ctx.config.iterations:
+    if iteration == ctx.config.iterations and distributed.is_main():
         models.save_state(ctx.load_model(f"masktune_{iteration}"), ctx.run.checkpoint_path("masktune"))
 
 
 def stage_randmask(ctx: Context) -> None:
     generator = torch.Generator().manual_seed(ctx.config.seed + 7919)
-    random_masks = masking.random_masks_like(ctx.masks("iter1"), generator)
-    masking.save_masks(ctx.run.masks_path("randmask"), random_masks)
+    masks = ctx.masks("iter1")
+    random_masks = masking.RandomBlocks(masks.areas(), masks.shape[1:], generator)
+    if distributed.is_main():
+        chunks = torch.arange(len(masks)).split(ctx.config.batch_size)
+        masking.save_masks(ctx.run.masks_path("randmask"), (random_masks[i] for i in chunks), masks.shape)
     finetune(ctx, "erm", random_masks, "randmask", "randmask", 100)
 
 
@@ -406,7 +432,8 @@ def stage_evaluate(ctx: Context) -> None:
         ctx.run.save_predictions(split_name, arrays)
         ctx.progress.update((i + 1) / len(bundle.eval_splits))
     metrics["dataset"] = summary
-    write_json(ctx.run.file("metrics.json"), metrics)
+    if distributed.is_main():
+        write_json(ctx.run.file("metrics.json"), metrics)
 
 
 STAGES: dict[str, Callable[..., None]] = {
@@ -441,6 +468,8 @@ def execute(
     failure inside a stage (the status says ``failed`` with the message), only for a bad config."""
     config = RunConfig.from_dict(run.load_config())
     stages = plan_stages(config)
+    if not distributed.is_main():  # the other ranks of a distributed run read the run but never write it
+        run, echo = distributed.FollowerRun(run.path), None
     run.update_status(
         state="running",
         pid=os.getpid(),
@@ -453,13 +482,15 @@ def execute(
     try:
         progress.begin("data")
         started = time.monotonic()
-        bundle = build_dataset(config.dataset, config.data_options())
-        write_json(run.file("dataset.json"), dataset_summary(bundle))
+        bundle = load_dataset(config.dataset, config.data_options(), echo=echo)
+        if distributed.is_main():
+            write_json(run.file("dataset.json"), dataset_summary(bundle))
         if bundle.skipped:
             run.log(f"skipped {len(bundle.skipped)} unreadable image(s):\n  " + "\n  ".join(bundle.skipped))
             run.update_status(skipped_files=bundle.skipped)
         run.append_event({"stage": "data", "kind": "timing", "seconds": time.monotonic() - started})
-        ctx = Context(run, config, bundle, train.resolve_device(config.device), progress, should_stop)
+        device = distributed.local_device(train.resolve_device(config.device))
+        ctx = Context(run, config, bundle, device, progress, should_stop)
         done = set(run.raw_status().get("stages_done", []))
         for stage, _ in stages:
             if stage in done:
@@ -468,6 +499,7 @@ def execute(
             started = time.monotonic()
             progress.begin(stage)
             _run_stage(ctx, stage)
+            distributed.barrier()  # the stage's files are on disk before any rank reads them
             run.append_event({"stage": stage, "kind": "timing", "seconds": time.monotonic() - started})
             progress.finish(stage)
         return run.update_status(state="done", stage=None, progress=1.0, eta_s=0, finished=now_iso())

@@ -8,6 +8,7 @@ dataset's defaults instead of keeping the previous one's.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ LABELS = {
     "schedule": "Learning-rate schedule",
     "seed": "Seed",
     "device": "Device",
+    "nproc": "Processes",
     "square_size": "Square size (px)",
     "square_color": "Square colour",
     "square_position": "Square position",
@@ -297,6 +299,11 @@ def _advanced_inputs(choice: DatasetChoice, key: Any) -> dict[str, Any]:
             select("schedule", config_lib.SCHEDULES),
             number("seed", DEFAULTS.seed, 1),
             select("device", config_lib.DEVICES),
+            *(
+                [number("nproc", DEFAULTS.nproc, 1, "torchrun processes (DDP); they split each batch.")]
+                if (os.cpu_count() or 1) > 1  # one core has nothing to share the work with
+                else []
+            ),
         ],
         values,
     )

@@ -1,0 +1,192 @@
+"""Distributed runs: torchrun with gloo and 2 CPU processes against one process, on a tiny image folder.
+
+Tolerance. The two runs take the same global batches in the same order with the same augmentation
+draws (see masktune_core.distributed), but they are not bit-identical, for one reason that matters
+and one that does not:
+- BatchNorm in training mode normalises each rank's half of the batch by that half's statistics (the
+  one-process run uses the whole batch's). On CUDA the ranks use SyncBatchNorm and this goes away; it
+  has no CPU kernel. It moves the weights a little at every step.
+- DDP sums the two ranks' gradients in another order than one backward pass: float rounding, ~1e-7.
+So a backbone without BatchNorm (``vgg``) must match to 1e-4 in probability; the small CNN, with
+BatchNorm, to ``BN_TOLERANCE`` in each accuracy (a few of the split's images).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from masktune_core import masking, models
+from masktune_core.runs import Run, RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+WAIT_S = 300
+BN_TOLERANCE = 0.1  # absolute, on accuracies over splits of ~13 images: at most one image in 10
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of 48 noisy 16 px images, told apart by where a bright square sits."""
+    root = tmp_path_factory.mktemp("ddp-images")
+    rng = np.random.default_rng(0)
+    for label, corner in (("top-left", slice(2, 8)), ("bottom-right", slice(8, 14))):
+        (root / label).mkdir()
+        for index in range(48):
+            pixels = rng.integers(0, 120, size=(16, 16, 3), dtype=np.uint8)
+            pixels[corner, corner] = 230
+            Image.fromarray(pixels).save(root / label / f"{index:02d}.png")
+    return root
+
+
+def flags(image_dir: Path, backbone: str, **changes: object) -> list[str]:
+    options = {
+        "dataset": "imagefolder", "data-dir": str(image_dir), "backbone": backbone, "image-size": 16,
+        "epochs": 2, "batch-size": 16, "randmask": True, "seed": 0, "device": "cpu", **changes,
+    }  # fmt: skip
+    out = []
+    for key, value in options.items():
+        out += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+    return out
+
+
+def cli(*args: str, wait: bool = True) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "masktune_core", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=WAIT_S)
+
+
+def finished(root: Path, *args: str) -> Run:
+    result = cli("run", *args, "--runs-dir", str(root))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = RunStore(root).list()
+    assert run.status()["state"] == "done"
+    return run
+
+
+@pytest.fixture(scope="module")
+def pair(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Run, Run]]:
+    """For each backbone: (one-process run, two-process run) of the same config and seed."""
+    runs = {}
+    for backbone in ("small-cnn", "vgg"):
+        one = finished(tmp_path_factory.mktemp(f"one-{backbone}"), *flags(image_dir, backbone))
+        two = finished(tmp_path_factory.mktemp(f"two-{backbone}"), *flags(image_dir, backbone, nproc=2))
+        runs[backbone] = (one, two)
+    return runs
+
+
+def accuracies(run: Run) -> dict[tuple[str, str], float]:
+    return {
+        (split, model): values["accuracy"]
+        for split, by_model in run.metrics()["splits"].items()
+        for model, values in by_model.items()
+    }
+
+
+def test_two_processes_match_one_within_the_stated_tolerance(pair: dict[str, tuple[Run, Run]]) -> None:
+    one, two = pair["small-cnn"]
+    assert two.config()["nproc"] == 2 and one.config()["nproc"] == 1
+    first, second = accuracies(one), accuracies(two)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert abs(first[key] - second[key]) <= BN_TOLERANCE, (key, first[key], second[key])
+    # Without BatchNorm nothing but float rounding is left.
+    one, two = pair["vgg"]
+    assert accuracies(one) == accuracies(two)
+    for split in one.prediction_splits():
+        a, b = one.predictions(split), two.predictions(split)
+        for name in ("probs_erm", "probs_masktune", "probs_randmask"):
+            assert np.abs(a[name] - b[name]).max() < 1e-4, (split, name)
+
+
+def test_sharded_masks_equal_one_process_bit_for_bit(pair: dict[str, tuple[Run, Run]]) -> None:
+    from masktune_core.config import RunConfig
+    from masktune_core.data.cache import load_dataset
+
+    for _, two in pair.values():
+        # The same ERM checkpoint, masked in one process, gives the file the two ranks assembled.
+        config = RunConfig.from_dict(two.config())
+        bundle = load_dataset(config.dataset, config.data_options())
+        model = models.build_model(
+            config.backbone, bundle.num_classes, bundle.channels, bundle.image_size, bundle.mean, bundle.std
+        )
+        models.load_state(model, two.checkpoint_path("erm"))
+        expected = masking.compute_masks(
+            model,
+            bundle.splits["train"].images,
+            method=config.cam_method,
+            rule=config.threshold_rule,
+            topk_percent=config.topk_percent,
+            batch_size=config.batch_size,
+        )
+        assert torch.equal(masking.load_masks(two.masks_path("iter1")), expected)
+        assert not [p for p in two.file("masks").iterdir() if ".rank" in p.name]  # shares removed
+        # Each run's random masks follow from its own saliency masks' areas and the seed.
+        areas = masking.load_packed_masks(two.masks_path("iter1")).areas()
+        blocks = masking.RandomBlocks(
+            areas, expected.shape[1:], torch.Generator().manual_seed(config.seed + 7919)
+        )
+        assert torch.equal(masking.load_masks(two.masks_path("randmask")), blocks[torch.arange(len(areas))])
+
+
+def rank_pids(run_id: str) -> dict[int, int]:
+    """The pids of the ranks working on ``run_id`` (the launcher marks their environment with it)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = dict(
+                item.split("=", 1) for item in (entry / "environ").read_text().split("\0") if "=" in item
+            )
+        except OSError:
+            continue
+        if environ.get("MASKTUNE_RUN_LOCK_HELD") == run_id and "RANK" in environ:
+            found[int(environ["RANK"])] = int(entry.name)
+    return found
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_rank_ends_the_run_within_a_minute_and_resume_finishes_it(
+    image_dir: Path, tmp_path: Path, victim: int
+) -> None:
+    root = tmp_path / "runs"
+    launcher = cli(
+        "run", *flags(image_dir, "small-cnn", nproc=2, epochs=6), "--runs-dir", str(root), wait=False
+    )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            assert time.monotonic() < deadline and launcher.poll() is None, "the run never reached ERM"
+            runs = RunStore(root).list() if root.is_dir() else []
+            status = runs[0].raw_status() if runs else {}
+            if status.get("stage") == "erm" and (status.get("progress") or 0) > 0.02:
+                pids = rank_pids(runs[0].id)
+                if len(pids) == 2:
+                    break
+            time.sleep(0.2)
+        run = runs[0]
+        os.kill(pids[victim], signal.SIGKILL)
+        killed = time.monotonic()
+        while run.status()["state"] == "running":
+            assert time.monotonic() - killed < 60, "the run still reads running a minute after the kill"
+            time.sleep(0.5)
+        assert run.status()["state"] in ("failed", "interrupted"), run.status()
+        launcher.wait(timeout=WAIT_S)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    result = cli("resume", run.id, "--runs-dir", str(root))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run.status()["state"] == "done" and run.metrics() is not None
