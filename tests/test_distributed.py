@@ -157,6 +157,19 @@ def rank_pids(run_id: str) -> dict[int, int]:
     return found
 
 
+def wait_for_erm(root: Path, launcher: subprocess.Popen[str]) -> Run:
+    """The run, once both ranks are a little way into ERM."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        assert time.monotonic() < deadline and launcher.poll() is None, "the run never reached ERM"
+        runs = RunStore(root).list() if root.is_dir() else []
+        status = runs[0].raw_status() if runs else {}
+        started = status.get("stage") == "erm" and (status.get("progress") or 0) > 0.02
+        if started and len(rank_pids(runs[0].id)) == 2:
+            return runs[0]
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("victim", [1, 0])
 def test_a_killed_rank_ends_the_run_within_a_minute_and_resume_finishes_it(
     image_dir: Path, tmp_path: Path, victim: int
@@ -166,17 +179,8 @@ def test_a_killed_rank_ends_the_run_within_a_minute_and_resume_finishes_it(
         "run", *flags(image_dir, "small-cnn", nproc=2, epochs=6), "--runs-dir", str(root), wait=False
     )
     try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            assert time.monotonic() < deadline and launcher.poll() is None, "the run never reached ERM"
-            runs = RunStore(root).list() if root.is_dir() else []
-            status = runs[0].raw_status() if runs else {}
-            if status.get("stage") == "erm" and (status.get("progress") or 0) > 0.02:
-                pids = rank_pids(runs[0].id)
-                if len(pids) == 2:
-                    break
-            time.sleep(0.2)
-        run = runs[0]
+        run = wait_for_erm(root, launcher)
+        pids = rank_pids(run.id)
         os.kill(pids[victim], signal.SIGKILL)
         killed = time.monotonic()
         while run.status()["state"] == "running":
@@ -190,3 +194,23 @@ def test_a_killed_rank_ends_the_run_within_a_minute_and_resume_finishes_it(
     result = cli("resume", run.id, "--runs-dir", str(root))
     assert result.returncode == 0, result.stderr[-3000:]
     assert run.status()["state"] == "done" and run.metrics() is not None
+
+
+def test_cancel_stops_every_rank_and_reads_cancelled(image_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    # Long enough that the cancel, a second or two after ERM starts, lands inside it.
+    options = flags(image_dir, "small-cnn", nproc=2, epochs=60)
+    launcher = cli("run", *options, "--runs-dir", str(root), wait=False)
+    try:
+        run = wait_for_erm(root, launcher)
+        pids = rank_pids(run.id)
+        result = cli("cancel", run.id, "--runs-dir", str(root))
+        assert result.returncode == 0, result.stderr
+        launcher.wait(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    status = run.raw_status()
+    assert (status["state"], status["stage"]) == ("cancelled", "erm")  # written by rank 0, not inferred
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
