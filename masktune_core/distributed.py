@@ -143,16 +143,95 @@ def _comm_device() -> torch.device:
 
 
 def wrap(model: nn.Module) -> nn.Module:
-    """``model`` under DDP when distributed (on CUDA with synchronised BatchNorm, so the statistics
-    are those of the global batch; SyncBatchNorm has no CPU kernel, so on gloo each rank normalises
-    by its own share of the batch)."""
+    """``model`` under DDP when distributed, its BatchNorm layers normalising by the statistics of the
+    global batch, as in one process: SyncBatchNorm on CUDA, ``GlobalBatchNorm`` on the CPU (where
+    SyncBatchNorm has no kernel). The layers are swapped in place, keeping their parameters and buffers,
+    so the optimizer and the saved state_dict are unchanged."""
     if not active():
         return model
     device = next(model.parameters()).device
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+    _use_global_batch_norm(model)
     return nn.parallel.DistributedDataParallel(model)
+
+
+def _use_global_batch_norm(module: nn.Module) -> None:
+    for child in module.children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            child.__class__ = GlobalBatchNorm  # same parameters, buffers and state_dict keys
+        else:
+            _use_global_batch_norm(child)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are all-reduced over the ranks (gloo on the CPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and active() and self.affine and self.track_running_stats):
+            return super().forward(x)
+        self.num_batches_tracked.add_(1)
+        # momentum None: a cumulative average, as nn.BatchNorm does.
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        return _GlobalBatchNormFunction.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.eps, momentum
+        )
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+
+class _GlobalBatchNormFunction(torch.autograd.Function):
+    """y = w (x - mean) / sqrt(var + eps) + b with mean and biased var over every rank's batch. Sums are
+    reduced in float64 so the result matches one process's BatchNorm to float32 rounding."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        running_mean: torch.Tensor,
+        running_var: torch.Tensor,
+        eps: float,
+        momentum: float,
+    ) -> torch.Tensor:
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        x64 = x.double()
+        stats = torch.cat([x64.sum(dims), (x64 * x64).sum(dims), x64.new_tensor([x.numel() / x.shape[1]])])
+        dist.all_reduce(stats)
+        channels = x.shape[1]
+        count = stats[-1]
+        mean = stats[:channels] / count
+        var = (stats[channels : 2 * channels] / count - mean * mean).clamp_(min=0)
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(momentum * mean.to(running_mean.dtype))
+            unbiased = var * count / (count - 1).clamp(min=1)
+            running_var.mul_(1 - momentum).add_(momentum * unbiased.to(running_var.dtype))
+        invstd = (var + eps).rsqrt().to(x.dtype)
+        xhat = (x - mean.to(x.dtype).view(shape)) * invstd.view(shape)
+        ctx.save_for_backward(xhat, weight, invstd)
+        ctx.count = count
+        return xhat * weight.view(shape) + bias.view(shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xhat, weight, invstd = ctx.saved_tensors
+        dims = [0, *range(2, grad.dim())]
+        shape = [1, -1] + [1] * (grad.dim() - 2)
+        grad_weight = (grad * xhat).sum(dims)
+        grad_bias = grad.sum(dims)
+        # d/dx through the global mean and variance needs the global sums of dxhat and dxhat * xhat.
+        sums = torch.cat([grad_bias * weight, grad_weight * weight]).double()
+        dist.all_reduce(sums)
+        channels = weight.shape[0]
+        mean_dxhat = (sums[:channels] / ctx.count).to(grad.dtype).view(shape)
+        mean_dxhat_xhat = (sums[channels:] / ctx.count).to(grad.dtype).view(shape)
+        grad_x = invstd.view(shape) * (grad * weight.view(shape) - mean_dxhat - xhat * mean_dxhat_xhat)
+        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 def shutdown() -> None:
