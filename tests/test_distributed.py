@@ -1,14 +1,13 @@
 """Distributed runs: torchrun with gloo and 2 CPU processes against one process, on a tiny image folder.
 
 Tolerance. The two runs take the same global batches in the same order with the same augmentation
-draws (see masktune_core.distributed), but they are not bit-identical, for one reason that matters
-and one that does not:
-- BatchNorm in training mode normalises each rank's half of the batch by that half's statistics (the
-  one-process run uses the whole batch's). On CUDA the ranks use SyncBatchNorm and this goes away; it
-  has no CPU kernel. It moves the weights a little at every step.
-- DDP sums the two ranks' gradients in another order than one backward pass: float rounding, ~1e-7.
-So a backbone without BatchNorm (``vgg``) must match to 1e-4 in probability; the small CNN, with
-BatchNorm, to ``BN_TOLERANCE`` in each accuracy (a few of the split's images).
+draws, and BatchNorm normalises by the whole global batch's statistics on both (see
+masktune_core.distributed), so they differ only by float rounding: DDP sums the ranks' gradients in
+another order than one backward pass, and the global BatchNorm sums its statistics in float64 where
+one process's kernel works in float32 (~1e-7 relative each step). Over this test's 12 ERM steps and 6
+finetune steps that stays below ``PROB_TOLERANCE`` in every predicted probability, and every accuracy is
+equal. Over hundreds of steps rounding differences grow as in any two runs on different hardware: the
+default run's figures (docs/benchmarks.md) show how far.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from masktune_core.runs import Run, RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 300
-BN_TOLERANCE = 0.1  # absolute, on accuracies over splits of ~13 images: at most one image in 10
+PROB_TOLERANCE = 1e-5  # absolute, on each softmax probability of each split and model (measured: 1.2e-7)
 pytestmark = pytest.mark.slow
 
 
@@ -95,19 +94,15 @@ def accuracies(run: Run) -> dict[tuple[str, str], float]:
 
 
 def test_two_processes_match_one_within_the_stated_tolerance(pair: dict[str, tuple[Run, Run]]) -> None:
-    one, two = pair["small-cnn"]
-    assert two.config()["nproc"] == 2 and one.config()["nproc"] == 1
-    first, second = accuracies(one), accuracies(two)
-    assert first.keys() == second.keys()
-    for key in first:
-        assert abs(first[key] - second[key]) <= BN_TOLERANCE, (key, first[key], second[key])
-    # Without BatchNorm nothing but float rounding is left.
-    one, two = pair["vgg"]
-    assert accuracies(one) == accuracies(two)
-    for split in one.prediction_splits():
-        a, b = one.predictions(split), two.predictions(split)
-        for name in ("probs_erm", "probs_masktune", "probs_randmask"):
-            assert np.abs(a[name] - b[name]).max() < 1e-4, (split, name)
+    for backbone, (one, two) in pair.items():
+        assert two.config()["nproc"] == 2 and one.config()["nproc"] == 1
+        assert accuracies(one) == accuracies(two), backbone
+        for split in one.prediction_splits():
+            a, b = one.predictions(split), two.predictions(split)
+            for name in ("probs_erm", "probs_masktune", "probs_randmask"):
+                gap = np.abs(a[name] - b[name]).max()
+                print(f"{backbone} {split} {name}: largest probability gap {gap:.2e}")
+                assert gap < PROB_TOLERANCE, (backbone, split, name, gap)
 
 
 def test_sharded_masks_equal_one_process_bit_for_bit(pair: dict[str, tuple[Run, Run]]) -> None:
