@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from masktune_core.data import DataOptions, build_dataset, cache
-from masktune_core.data.cache import MappedImages, cache_root, load_dataset
+from masktune_core.data.cache import DiskImages, cache_root, load_dataset
 
 
 def write_folder(root: Path, per_class: int = 12) -> None:
@@ -41,7 +41,7 @@ def test_cache_equals_the_in_memory_dataset_and_is_reused(tmp_path: Path, cache_
     assert any("decoding train" in line for line in lines)  # progress while building
     for name, split in memory.splits.items():
         mapped = cached.splits[name]
-        assert isinstance(mapped.images, MappedImages) and mapped.images.shape == split.images.shape
+        assert isinstance(mapped.images, DiskImages) and mapped.images.shape == split.images.shape
         assert torch.equal(mapped.images[torch.arange(len(split))], split.images)
         assert torch.equal(mapped.labels, split.labels)
     assert (cached.mean, cached.std, cached.class_names) == (memory.mean, memory.std, memory.class_names)
@@ -112,17 +112,42 @@ def test_skipped_images_are_cut_from_the_file(tmp_path: Path, cache_dir: Path) -
         assert torch.equal(images[torch.arange(len(split))], split.images)
 
 
-def test_mapped_images_index_like_a_tensor(tmp_path: Path) -> None:
+def test_disk_images_index_like_a_tensor(tmp_path: Path) -> None:
     data = torch.randint(0, 256, (50, 3, 4, 5), dtype=torch.uint8)
     path = tmp_path / "x.u8"
     path.write_bytes(data.numpy().tobytes())
-    images = MappedImages(path, (50, 3, 4, 5))
-    index = torch.randperm(50)[:17]
+    images = DiskImages(path, (50, 3, 4, 5))
+    index = torch.cat([torch.randperm(50)[:17], torch.tensor([3, 3, 4, 5, -1])])  # repeats, runs, negative
     assert torch.equal(images[index], data[index])
-    assert torch.equal(images[3:9], data[3:9])
-    assert torch.equal(images[7], data[7])
-    images.release()  # dropping the pages changes nothing that is read after
-    assert torch.equal(images[index], data[index]) and len(images) == 50
+    assert torch.equal(images[3:9], data[3:9]) and torch.equal(images[::7], data[::7])
+    assert torch.equal(images[7], data[7]) and images[torch.tensor([], dtype=torch.long)].shape == (
+        0,
+        3,
+        4,
+        5,
+    )
+    assert len(images) == 50 and images.shape == data.shape
+    with pytest.raises(IndexError):
+        images[torch.tensor([50])]
+
+
+def test_reading_batches_keeps_resident_memory_flat(tmp_path: Path) -> None:
+    # 64 MB read in scattered batches: none of it may stay resident (a memory map kept most of it).
+    rows, row_bytes = 4096, 16384
+    path = tmp_path / "big.u8"
+    with open(path, "wb") as handle:  # real bytes: pages of a sparse file could map to one zero page
+        for _ in range(rows // 256):
+            handle.write(os.urandom(256 * row_bytes))
+    images = DiskImages(path, (rows, 1, 128, 128))
+    before = _resident_mb()
+    for _ in range(32):
+        images[torch.randperm(rows)[:128]]
+    assert _resident_mb() - before < 16
+
+
+def _resident_mb() -> float:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return (int(fields["RssFile"].split()[0]) + int(fields["RssAnon"].split()[0])) / 1024
 
 
 def test_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from masktune_core import train
-from masktune_core.data.cache import MappedImages
+from masktune_core.data.cache import DiskImages
 from masktune_core.models import build_model
 
 CUDA_LIKE = train.Accel(autocast_dtype=torch.bfloat16, channels_last=True, pin_memory=False)
@@ -24,7 +24,7 @@ def small_source(tmp_path: Path, transform=None) -> train.BatchSource:
     path = tmp_path / "train.images.u8"
     path.write_bytes(images.numpy().tobytes())
     labels = (images[:, 0, :8, :8].float().mean((1, 2)) > 127).long()
-    return train.BatchSource(MappedImages(path, tuple(images.shape)), labels, transform=transform)
+    return train.BatchSource(DiskImages(path, tuple(images.shape)), labels, transform=transform)
 
 
 def test_accel_for_a_cpu_device_changes_nothing() -> None:
