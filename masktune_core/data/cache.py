@@ -1,7 +1,7 @@
-"""The on-disk dataset cache: each dataset is decoded once into uint8 memory-mapped arrays.
+"""The on-disk dataset cache: each dataset is decoded once into raw uint8 arrays on disk.
 
-``load_dataset(name, options)`` returns a bundle whose splits read their images (a batch at a time, see
-``DiskImages``) from files in
+The arrays are in ``np.memmap``'s layout and are decoded into through a memory map; ``load_dataset(name,
+options)`` returns a bundle whose splits read them a batch at a time (see ``DiskImages``) from
 ``$MASKTUNE_CACHE_DIR`` (default ``~/.cache/masktune``), so no stage holds a whole split in memory and a
 second run skips decoding. One cache folder per key::
 
