@@ -1,4 +1,4 @@
-"""Peak memory of a whole run against dataset size, and the memory-mapped path's speed against memory.
+"""Peak memory of a whole run against dataset size, and the disk-read path's speed against memory.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py [--sizes 2000:64,20000:64,100000:64,5000:224]
 
@@ -8,10 +8,10 @@ bright square, in noise) is generated once under ``--root``. Then:
 - **Peak RSS**: one full run in its own process (``python -m masktune_core run``: imagefolder, small CNN,
   one ERM epoch, masks, finetune, evaluation) with an empty dataset cache, so the figure includes
   decoding the dataset into the cache. The peak is the child's ``ru_maxrss`` from ``wait4``: the most
-  resident memory it ever held, memory-mapped file pages included.
+  resident memory it ever held, file pages mapped by the process (its shared libraries) included.
 - **Throughput**: in this process, one training epoch and one prediction pass over the same training
-  images (at most ``--throughput-images``), read from the cache's memory map and from a tensor in
-  memory (the path every run took before the cache). The ratio is memory-mapped img/s / in-memory img/s.
+  images (at most ``--throughput-images``), read from the cache on disk and from a tensor in
+  memory (the path every run took before the cache). The ratio is disk img/s / in-memory img/s.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def full_run(folder: Path, size: int, cache: Path) -> dict[str, float]:
 
 
 def throughput(folder: Path, size: int, cache: Path, limit: int) -> dict[str, float]:
-    """Training and prediction img/s on the cache's memory map and on the same images in memory."""
+    """Training and prediction img/s reading the cache on disk and on the same images in memory."""
     from masktune_core.data.cache import load_dataset
 
     os.environ["MASKTUNE_CACHE_DIR"] = str(cache)  # the cache the full run built
@@ -91,7 +91,7 @@ def throughput(folder: Path, size: int, cache: Path, limit: int) -> dict[str, fl
     in_memory = mapped[rows]
     labels = split.labels[rows]
     result = {}
-    for name, images in (("memory", in_memory), ("mmap", _Rows(mapped, len(rows)))):
+    for name, images in (("memory", in_memory), ("disk", _Rows(mapped, len(rows)))):
         torch.manual_seed(0)
         model = models.build_model("small-cnn", 2, 3, size, bundle.mean, bundle.std)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -111,13 +111,13 @@ def throughput(folder: Path, size: int, cache: Path, limit: int) -> dict[str, fl
         start = time.perf_counter()
         train.predict_probs(model, images, batch_size=config.batch_size, device=torch.device("cpu"))
         result[f"predict_{name}_img_s"] = len(rows) / (time.perf_counter() - start)
-    result["train_ratio"] = result["train_mmap_img_s"] / result["train_memory_img_s"]
-    result["predict_ratio"] = result["predict_mmap_img_s"] / result["predict_memory_img_s"]
+    result["train_ratio"] = result["train_disk_img_s"] / result["train_memory_img_s"]
+    result["predict_ratio"] = result["predict_disk_img_s"] / result["predict_memory_img_s"]
     return result
 
 
 class _Rows:
-    """The first ``count`` rows of a memory-mapped split, still read through the map."""
+    """The first ``count`` rows of a split in the cache, still read from disk."""
 
     def __init__(self, images: object, count: int) -> None:
         self.images, self.count = images, count
@@ -150,14 +150,14 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     base = rows[0]["peak_rss_mb"]
     print(
-        "\n| images | px | peak RSS (MB) | vs first | run (s) | train img/s mmap / memory | predict ratio |"
+        "\n| images | px | peak RSS (MB) | vs first | run (s) | train img/s disk / memory | predict ratio |"
     )
     print("|---:|---:|---:|---:|---:|---|---:|")
     for row in rows:
         print(
             f"| {row['images']:,} | {row['pixels']} | {row['peak_rss_mb']:.0f} | "
             f"{row['peak_rss_mb'] / base:.2f}x | {row['run_s']:.0f} | "
-            f"{row['train_mmap_img_s']:.0f} / {row['train_memory_img_s']:.0f} = {row['train_ratio']:.2f}x | "
+            f"{row['train_disk_img_s']:.0f} / {row['train_memory_img_s']:.0f} = {row['train_ratio']:.2f}x | "
             f"{row['predict_ratio']:.2f}x |"
         )
     if args.json:
