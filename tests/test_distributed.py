@@ -35,7 +35,7 @@ from masktune_core.runs import Run, RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 300
-PROB_TOLERANCE = 1e-5  # absolute, on each softmax probability of each split and model (measured: 1.2e-7)
+PROB_TOLERANCE = 1e-5  # absolute, on each softmax probability of each split and model (measured: 1.8e-7)
 pytestmark = pytest.mark.slow
 
 
