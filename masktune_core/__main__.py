@@ -98,18 +98,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     values.update({k: v for k, v in given.items() if v is not None})
     config = RunConfig.from_dict(values).resolved()
+    from masktune_core import distributed
+
     store = _store(args)
+    distributed.init(config.device)
+    if distributed.launched():  # under torchrun: rank 0 makes the runs, the other ranks join them
+        config = dataclasses.replace(config, nproc=distributed.world_size())
     if args.seeds is None:
         return _run_one(store, config)
     configs = studies.seed_configs(config, studies.parse_seeds(args.seeds))
     codes = [_run_one(store, one) for one in configs]
-    print(f"study {configs[0].study}")
+    if distributed.is_main():
+        print(f"study {configs[0].study}")
     return max(codes)
 
 
 def _run_one(store: RunStore, config: RunConfig) -> int:
-    run = store.create(config.to_dict())
+    from masktune_core import distributed
+
+    run = store.create(config.to_dict()) if distributed.is_main() else None
+    run = store.get(distributed.broadcast(None if run is None else run.id))
     status = jobs.work_on(run, store, queue=False, should_stop=jobs.stop_on_sigterm(), echo=_echo)
+    if not distributed.is_main():
+        return 0 if status["state"] == "done" else 1
     if status["state"] == "failed" and status.get("stage") == "data":
         # Bad input found while loading data: say so and leave no half-made run behind.
         shutil.rmtree(run.path, ignore_errors=True)
@@ -131,10 +142,15 @@ def resume_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from masktune_core import distributed
+
     should_stop = jobs.stop_on_sigterm()
     store = _store(args)
     run = store.get(args.run_id)
-    run.load_config()
+    distributed.init(run.load_config().get("device", "auto"))
+    if not distributed.is_main():  # a rank of a distributed resume: rank 0 owns the run
+        status = jobs.work_on(run, store, queue=False, should_stop=should_stop, echo=_echo)
+        return 0 if status["state"] == "done" else 1
     if run.status()["state"] == "done":
         print(f"run {run.id} is already done", file=sys.stderr)
         print(run.path)
@@ -340,6 +356,10 @@ def main(argv: list[str] | None = None, prog: str = "masktune") -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # Leave torchrun's process group where run or resume joined it (other commands never import torch).
+        if "masktune_core.distributed" in sys.modules:
+            sys.modules["masktune_core.distributed"].shutdown()
 
 
 def entry_point() -> None:

@@ -70,7 +70,10 @@ def heatmaps_and_logits(
     model's predictions gets them without a second pass.
     """
     check_choice("cam_method", method)
-    with _model_state_restored(model):
+    # Always fp32, even inside a caller's autocast region: pytorch-grad-cam turns maps into numpy arrays,
+    # which have no bf16, and half-precision gradients would move the thresholds.
+    with _model_state_restored(model), torch.autocast(images.device.type, enabled=False):
+        images = images.float()
         if fast and method in FAST_METHODS:
             return _fast_heatmaps(model, images, method)
         return _library_heatmaps(model, images, method)

@@ -45,24 +45,28 @@ def choose_candidate(entries: dict[str, Any], selection: str) -> str:
 MASK_EFFECT_SAMPLES = 2048
 
 
-def mask_effect(ctx: Context, source: str, masks: torch.Tensor) -> dict[str, float]:
+def mask_effect(ctx: Context, source: str, masks: masking.PackedMasks | torch.Tensor) -> dict[str, float]:
     """The source model's training accuracy on original and on masked images (a fixed subsample).
 
     Masks work when they hide what the model relies on, so its accuracy falls on masked images. A cue
-    spread over the whole image (a colour cast) survives any region mask, and the accuracy stays."""
+    spread over the whole image (a colour cast) survives any region mask, and the accuracy stays.
+    ``masks`` is indexed by rows of the sample (bit-packed masks unpack only those); the sample is read,
+    masked and predicted a chunk at a time, as the split may live on disk."""
     split = ctx.bundle.splits["train"]
     index = torch.randperm(len(split), generator=torch.Generator().manual_seed(ctx.config.seed))
     index = index[:MASK_EFFECT_SAMPLES]
-    images, labels = split.images[index], split.labels[index].numpy()
-    masked = masking.apply_masks(images, masks[index], fill=ctx.config.fill, mean=ctx.bundle.mean)
     model = ctx.load_model(source)
-    accuracy = {}
-    for name, batch in (("original", images), ("masked", masked)):
-        probs = train.predict_probs(model, batch, batch_size=ctx.config.batch_size, device=ctx.device)
-        accuracy[name] = float((probs.argmax(1) == labels).mean())
+    correct = {"original": 0, "masked": 0}
+    for rows in index.split(4 * ctx.config.batch_size):
+        images, labels = split.images[rows], split.labels[rows].numpy()
+        masked = masking.apply_masks(images, masks[rows], fill=ctx.config.fill, mean=ctx.bundle.mean)
+        for name, batch in (("original", images), ("masked", masked)):
+            probs = train.predict_probs(model, batch, batch_size=ctx.config.batch_size, device=ctx.device)
+            correct[name] += int((probs.argmax(1) == labels).sum())
+    n = max(len(index), 1)
     return {
-        "train_accuracy_original": accuracy["original"],
-        "train_accuracy_masked": accuracy["masked"],
+        "train_accuracy_original": correct["original"] / n,
+        "train_accuracy_masked": correct["masked"] / n,
         "n": len(index),
     }
 

@@ -119,6 +119,7 @@ class RunConfig:
     # execution
     seed: int = option(0, "seed of the split, the initial weights, the batches and the squares")
     device: str = option("auto", "where to train (auto: cuda if available)", choices=DEVICES)
+    nproc: int = option(1, "processes to run on through torchrun (DDP); batch_size is split among them")
     name: str | None = option(None, "a readable name for the run (part of its id)")
     study: str | None = option(None, "the id shared by the runs of one seed study (run --seeds sets it)")
 
@@ -206,6 +207,11 @@ class RunConfig:
         _positive_int("batch_size", self.batch_size)
         _positive_int("iterations", self.iterations, upper=10)
         _positive_int("seed", self.seed, lower=0, upper=2**31 - 1)
+        _positive_int("nproc", self.nproc, upper=1024)
+        if self.batch_size is not None and self.batch_size % self.nproc:
+            raise ConfigError(
+                "batch_size", f"{self.batch_size} does not split evenly among nproc={self.nproc} processes"
+            )
         _positive_float("lr", self.lr)
         _positive_float("finetune_lr", self.finetune_lr)
         if self.finetune_lrs is not None:

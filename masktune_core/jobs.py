@@ -187,10 +187,25 @@ def work_on(
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Take ``run`` over in this process and work through its unfinished stages; with ``queue``, wait
-    for its turn and a free slot first. Returns the final status."""
+    for its turn and a free slot first. Returns the final status.
+
+    Under torchrun only rank 0 owns the run (its lock and status); the other ranks just work. A run of
+    ``nproc`` > 1 started outside torchrun launches torchrun here, its ranks resuming the run.
+    """
+    from masktune_core import distributed
     from masktune_core.pipeline import execute
 
-    with run.exclusive():
+    def work() -> dict[str, Any]:
+        nproc = int(run.config().get("nproc") or 1)
+        if nproc > 1 and not distributed.launched():
+            return distributed.launch(run, nproc)
+        return execute(run, should_stop=should_stop, echo=echo)
+
+    if not distributed.is_main():
+        return work()
+    # The launcher that started torchrun holds the lock already; rank 0 must not wait for it.
+    held = os.environ.get(distributed.LOCK_HELD_ENV) == run.id
+    with contextlib.nullcontext() if held else run.exclusive():
         previous = run.status()
         done = ", ".join(previous.get("stages_done") or []) or "none"
         if previous.get("state") == "queued":  # started by submit/start, which logged why
@@ -207,9 +222,9 @@ def work_on(
                 queued_at = previous.get("queued_at") if previous.get("state") == "queued" else None
                 run.update_status(state="queued", queued_at=queued_at or now_iso(), **owner)
                 with queue_slot(run, store, should_stop):
-                    return execute(run, should_stop=should_stop, echo=echo)
+                    return work()
             run.update_status(**owner)
-            return execute(run, should_stop=should_stop, echo=echo)
+            return work()
         except KeyboardInterrupt:
             return run.update_status(state="cancelled", error="cancelled by the user", finished=now_iso())
 

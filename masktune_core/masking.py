@@ -7,9 +7,10 @@ ever written.
 
 from __future__ import annotations
 
+import io
 import math
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,16 +56,23 @@ def threshold_masks(heat: Tensor, rule: str = "mean+2std", topk_percent: float =
     return mask.view_as(heat)
 
 
+class MaskBatch(NamedTuple):
+    """One batch of a saliency pass: its masks and the model's predictions on the way."""
+
+    masks: Tensor  # bool [B, H, W] on the CPU, True = hidden
+    probs: np.ndarray  # float32 [B, K]: softmax of the same eval-mode forward the heatmaps came from
+
+
 class MaskPass(NamedTuple):
-    """What one saliency pass over a split gives: its masks and the model's predictions on the way."""
+    """A whole split's saliency pass (``compute_masks``): its masks and the model's predictions."""
 
-    masks: Tensor  # bool [N, H, W] on the CPU, True = hidden
-    probs: np.ndarray  # float32 [N, K]: softmax of the same eval-mode forward the heatmaps came from
+    masks: Tensor  # bool [N, H, W] on the CPU
+    probs: np.ndarray  # float32 [N, K]
 
 
-def compute_masks(
+def iter_masks(
     model: Classifier,
-    images_uint8: Tensor,
+    images_uint8: Tensor | Sequence,
     *,
     method: str = "xgradcam",
     rule: str = "mean+2std",
@@ -72,37 +80,52 @@ def compute_masks(
     batch_size: int = 128,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
-) -> MaskPass:
-    """Masks bool [N, H, W] on the CPU for uint8 images [N, C, H, W] (the model must be on ``device``),
-    with the model's softmax probabilities [N, K] from the forward pass the heatmaps already need.
+    batches: Sequence[int] | None = None,
+) -> Iterator[MaskBatch]:
+    """Mask batches bool [B, H, W] on the CPU for uint8 images [N, C, H, W] (a tensor or a memory-mapped
+    split; the model must be on ``device``), one batch of ``batch_size`` images at a time, each with the
+    model's softmax probabilities [B, K] from the forward pass the heatmaps already need.
 
-    Batches stream through: heatmaps (fast path where one exists) and thresholds run on the device and
-    only the bool masks and the probabilities are kept, so memory is those plus one batch.
-    ``progress(done, total)`` is called after each batch.
+    Heatmaps (fast path where one exists) and thresholds run on the device; only one batch is ever in
+    memory. ``batches`` picks which batch numbers to compute (a distributed run gives each rank its
+    share); the batch boundaries stay those of the whole split, so a shard's masks are bit for bit
+    those of a one-process run. ``progress(done, total)`` is called after each batch.
     """
     check_choice("cam_method", method)
     check_threshold_rule(rule, topk_percent)
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be at least 1, got {batch_size}")
     if images_uint8.dtype != torch.uint8:
-        raise ValueError(f"compute_masks takes uint8 images, got {images_uint8.dtype}")
+        raise ValueError(f"iter_masks takes uint8 images, got {images_uint8.dtype}")
     device = torch.device(device)
     model_device = next(model.parameters()).device
     if model_device.type != device.type:
         raise ValueError(f"the model is on {model_device} but masks were asked for on {device}")
-    total = int(images_uint8.shape[0])
-    masks = torch.zeros((total, *images_uint8.shape[-2:]), dtype=torch.bool)
-    probs = []
-    for start in range(0, total, batch_size):
-        batch = images_uint8[start : start + batch_size].to(model_device).float() / 255
-        heat, logits = heatmaps_and_logits(model, batch, method=method, fast=True)
-        masks[start : start + batch.shape[0]] = threshold_masks(heat, rule, topk_percent).cpu()
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    total = len(images_uint8)
+    numbers = range(-(-total // batch_size)) if batches is None else batches
+    done = 0
+    for number in numbers:
+        start = number * batch_size
+        batch = images_uint8[start : start + batch_size]
+        # A float32 copy on the device; CAMs stay in fp32 even where training runs under autocast.
+        x = batch.to(model_device, non_blocking=True).float().div_(255)
+        heat, logits = heatmaps_and_logits(model, x, method=method, fast=True)
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        yield MaskBatch(threshold_masks(heat, rule, topk_percent).cpu(), probs)
+        done += len(batch)
         if progress is not None:
-            progress(min(start + batch_size, total), total)
-    if not probs:
-        return MaskPass(masks, np.zeros((0, 0), dtype=np.float32))
-    return MaskPass(masks, torch.cat(probs).numpy().astype(np.float32))
+            progress(done if batches is not None else min(start + batch_size, total), total)
+
+
+def compute_masks(model: Classifier, images_uint8: Tensor, **options: object) -> MaskPass:
+    """All masks bool [N, H, W] and probabilities [N, K] at once (``iter_masks``'s batches joined), for
+    small splits and tests."""
+    batches = list(iter_masks(model, images_uint8, **options))  # type: ignore[arg-type]
+    if not batches:
+        return MaskPass(
+            torch.zeros((0, *images_uint8.shape[-2:]), dtype=torch.bool), np.zeros((0, 0), dtype=np.float32)
+        )
+    return MaskPass(torch.cat([b.masks for b in batches]), np.concatenate([b.probs for b in batches]))
 
 
 def random_masks_like(masks: Tensor, generator: torch.Generator) -> Tensor:
@@ -113,23 +136,41 @@ def random_masks_like(masks: Tensor, generator: torch.Generator) -> Tensor:
     of ``area % w`` pixels, so the count is exact even for a prime area. ``generator`` (on the CPU)
     makes the result reproducible.
     """
-    n, height, width = masks.shape
-    area = masks.flatten(1).sum(dim=1).cpu()
-    cols = torch.ceil(torch.sqrt(area.double())).long().clamp(1, width)
-    rows = torch.ceil(area / cols).long()
-    # Only for images far wider than tall can ceil(sqrt(area)) rows overflow; widen the block to fit.
-    too_tall = rows > height
-    cols = torch.where(too_tall, torch.ceil(area / height).long(), cols).clamp(1, width)
-    full_rows, last_row = area // cols, area % cols
-    rows = full_rows + (last_row > 0).long()
-    top = (torch.rand(n, generator=generator, dtype=torch.float64) * (height - rows + 1)).long()
-    left = (torch.rand(n, generator=generator, dtype=torch.float64) * (width - cols + 1)).long()
-    y = torch.arange(height).view(1, -1, 1) - top.view(-1, 1, 1)
-    x = torch.arange(width).view(1, 1, -1) - left.view(-1, 1, 1)
-    in_cols = (x >= 0) & (x < cols.view(-1, 1, 1))
-    in_full = (y >= 0) & (y < full_rows.view(-1, 1, 1)) & in_cols
-    in_last = (y == full_rows.view(-1, 1, 1)) & (x >= 0) & (x < last_row.view(-1, 1, 1))
-    return (in_full | in_last).to(masks.device)
+    blocks = RandomBlocks(masks.flatten(1).sum(dim=1).cpu(), tuple(masks.shape[-2:]), generator)
+    return blocks[torch.arange(len(masks))].to(masks.device)
+
+
+class RandomBlocks:
+    """``random_masks_like`` drawn once for given areas and read in batches: only the per-image block
+    sizes and positions are kept, so RandMask never holds a whole split of masks."""
+
+    def __init__(self, area: Tensor, size: tuple[int, int], generator: torch.Generator) -> None:
+        n, (height, width) = len(area), size
+        self.size = size
+        cols = torch.ceil(torch.sqrt(area.double())).long().clamp(1, width)
+        rows = torch.ceil(area / cols).long()
+        # Only for images far wider than tall can ceil(sqrt(area)) rows overflow; widen the block to fit.
+        too_tall = rows > height
+        self.cols = torch.where(too_tall, torch.ceil(area / height).long(), cols).clamp(1, width)
+        self.full_rows, self.last_row = area // self.cols, area % self.cols
+        rows = self.full_rows + (self.last_row > 0).long()
+        self.top = (torch.rand(n, generator=generator, dtype=torch.float64) * (height - rows + 1)).long()
+        self.left = (torch.rand(n, generator=generator, dtype=torch.float64) * (width - self.cols + 1)).long()
+        self.shape = (n, height, width)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        height, width = self.size
+        top, left, cols = self.top[index], self.left[index], self.cols[index]
+        full_rows, last_row = self.full_rows[index], self.last_row[index]
+        y = torch.arange(height).view(1, -1, 1) - top.view(-1, 1, 1)
+        x = torch.arange(width).view(1, 1, -1) - left.view(-1, 1, 1)
+        in_cols = (x >= 0) & (x < cols.view(-1, 1, 1))
+        in_full = (y >= 0) & (y < full_rows.view(-1, 1, 1)) & in_cols
+        in_last = (y == full_rows.view(-1, 1, 1)) & (x >= 0) & (x < last_row.view(-1, 1, 1))
+        return in_full | in_last
 
 
 def apply_masks(
@@ -170,20 +211,66 @@ def _blurred(images_uint8: Tensor) -> Tensor:
     return x.reshape(n, channels, height, width).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def save_masks(path: str | Path, masks: Tensor) -> None:
-    """Store bool masks [N, H, W] bit-packed in a compressed .npz, written atomically and durably.
+def save_masks(
+    path: str | Path,
+    masks: Tensor | Iterable[Tensor],
+    shape: tuple[int, int, int] | None = None,
+) -> None:
+    """Store bool masks [N, H, W] bit-packed in a compressed .npz, written atomically.
 
-    Each mask takes ceil(H*W/8) bytes before compression: 98 bytes at 28x28, 128 at 32x32, 6,272 at
-    224x224; the zip compression then shrinks the mostly empty rows further.
+    ``masks`` is one tensor, or batches of one (then ``shape`` gives the whole [N, H, W]): each batch is
+    packed and compressed as it comes, so saving never holds more than one batch. Each mask takes
+    ceil(H*W/8) bytes before compression: 98 bytes at 28x28, 128 at 32x32, 6,272 at 224x224; the zip
+    compression then shrinks the mostly empty rows further. ``np.load`` reads the file as before.
     """
-    masks = masks.detach().to("cpu", torch.bool)
-    bits = np.packbits(masks.flatten(1).numpy(), axis=1)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, bits=bits, shape=np.asarray(masks.shape, dtype=np.int64))
+    if isinstance(masks, Tensor):
+        shape = tuple(masks.shape)  # type: ignore[assignment]
+        masks = [masks]
+    if shape is None:
+        raise ValueError("save_masks needs the shape when given batches")
+    n, height, width = shape
+    row_bytes = math.ceil(height * width / 8)
+    written = 0
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("bits.npy", "w", force_zip64=True) as member:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (n, row_bytes)}
+            np.lib.format.write_array_header_1_0(member, header)
+            for batch in masks:
+                member.write(np.packbits(batch.detach().to("cpu", torch.bool).flatten(1).numpy(), axis=1))
+                written += len(batch)
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(shape, dtype=np.int64))
+        archive.writestr("shape.npy", buffer.getvalue())
+        if written != n:  # inside the block: the temporary file is dropped, nothing is renamed
+            raise ValueError(f"save_masks was promised {n} masks and given {written}")
 
 
-def load_masks(path: str | Path) -> Tensor:
-    """Read masks written by ``save_masks``: bool [N, H, W]."""
+class PackedMasks:
+    """Masks kept bit-packed (1/8 of a byte a pixel) and unpacked per batch: ``masks[index]`` gives
+    bool [B, H, W]. A split's masks take N * ceil(H*W/8) bytes: 51 MB for 100k images at 64 px."""
+
+    def __init__(self, bits: np.ndarray, shape: tuple[int, int, int]) -> None:
+        self.bits, self.shape = bits, shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        _, height, width = self.shape
+        rows = np.unpackbits(self.bits[np.asarray(index)], axis=-1, count=height * width)
+        return torch.from_numpy(rows.astype(bool)).view(-1, height, width)
+
+    def areas(self, chunk: int = 4096) -> Tensor:
+        """Masked pixels per image, int64 [N], counted on the packed bits in chunks."""
+        counts = [
+            np.unpackbits(self.bits[start : start + chunk], axis=1).sum(axis=1, dtype=np.int64)
+            for start in range(0, len(self), chunk)
+        ]
+        return torch.from_numpy(np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64))
+
+
+def load_packed_masks(path: str | Path) -> PackedMasks:
+    """Read masks written by ``save_masks``, still packed."""
     path = Path(path)
     if not path.is_file():
         raise DataError(str(path), "mask file not found")
@@ -194,5 +281,10 @@ def load_masks(path: str | Path) -> Tensor:
         raise DataError(str(path), f"not a mask file written by save_masks ({exc})") from exc
     if len(shape) != 3 or bits.shape != (shape[0], math.ceil(shape[1] * shape[2] / 8)):
         raise DataError(str(path), f"packed bits {bits.shape} do not match the stored shape {shape}")
-    flat = np.unpackbits(bits, axis=1, count=shape[1] * shape[2])
-    return torch.from_numpy(flat.astype(bool)).view(shape)
+    return PackedMasks(bits, shape)  # type: ignore[arg-type]
+
+
+def load_masks(path: str | Path) -> Tensor:
+    """Read masks written by ``save_masks``: bool [N, H, W]."""
+    packed = load_packed_masks(path)
+    return packed[torch.arange(len(packed))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from masktune_core import candidates, evaluate, masking, models, train, verdict
+from masktune_core import candidates, distributed, evaluate, masking, models, train, verdict
 from masktune_core.config import RunConfig
-from masktune_core.data import DatasetBundle, build_dataset
+from masktune_core.data import DatasetBundle
 from masktune_core.data.base import Split
+from masktune_core.data.cache import load_dataset
 from masktune_core.errors import CheckpointError, MaskTuneError
 from masktune_core.runs import (
     Run,
@@ -115,7 +116,7 @@ class Context:
     device: torch.device
     progress: Progress
     should_stop: Callable[[], bool]
-    _masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    _masks: dict[str, masking.PackedMasks] = field(default_factory=dict)
 
     def new_model(self) -> models.Classifier:
         return models.build_model(
@@ -140,15 +141,21 @@ class Context:
         models.load_state(model, self.run.checkpoint_path(checkpoint))
         return model.to(self.device)
 
-    def masks(self, name: str) -> torch.Tensor:
+    def masks(self, name: str) -> masking.PackedMasks:
         if name not in self._masks:
-            self._masks[name] = masking.load_masks(self.run.masks_path(name))
+            self._masks[name] = masking.load_packed_masks(self.run.masks_path(name))
         return self._masks[name]
 
     def check_stop(self) -> bool:
-        if self.should_stop():
+        """Raise Cancelled when asked to stop; every rank of a distributed run stops at the same call."""
+        if distributed.any_rank(self.should_stop()):
             raise Cancelled()
         return False
+
+    def check_stop_here(self) -> None:
+        """This rank alone (ranks compute unequal numbers of mask batches, so no collective here)."""
+        if self.should_stop():
+            raise Cancelled()
 
 
 def dataset_summary(bundle: DatasetBundle) -> dict[str, Any]:
@@ -232,7 +239,8 @@ def stage_erm(ctx: Context) -> None:
         improved = score is not None and (score, -val["loss"]) > best
         if improved:
             best, best_epoch = (score, -val["loss"]), epoch + 1
-            models.save_state(model, ctx.run.checkpoint_path("erm"))
+            if distributed.is_main():
+                models.save_state(model, ctx.run.checkpoint_path("erm"))
         ctx.run.append_event(
             {
                 "stage": "erm",
@@ -258,10 +266,12 @@ def stage_erm(ctx: Context) -> None:
             "best_loss": -best[1],
             "best_epoch": best_epoch,
         }
-        with atomic_path(state_path) as tmp:
-            torch.save(training_state, tmp)
+        if distributed.is_main():
+            with atomic_path(state_path) as tmp:
+                torch.save(training_state, tmp)
         if config.patience and epoch + 1 - best_epoch >= config.patience and epoch + 1 < config.epochs:
-            # Early stopping on the selection score: the best checkpoint is already saved.
+            # Early stopping on the selection score (the same on every rank: val is gathered): the best
+            # checkpoint is already saved.
             ctx.run.append_event(
                 {"stage": "erm", "kind": "early_stop", "epoch": epoch + 1, "best_epoch": best_epoch}
             )
@@ -269,7 +279,9 @@ def stage_erm(ctx: Context) -> None:
                 f"ERM stopped early after epoch {epoch + 1}: no better val score since epoch {best_epoch}"
             )
             break
-    state_path.unlink(missing_ok=True)
+    distributed.barrier()  # every rank has read the training state before it goes
+    if distributed.is_main():
+        state_path.unlink(missing_ok=True)
 
 
 def validation_scores(ctx: Context, model: torch.nn.Module) -> dict[str, float | None]:
@@ -300,10 +312,12 @@ def stage_masks(ctx: Context, iteration: int) -> None:
     config = ctx.config
 
     def on_batch(done: int, total: int) -> None:
-        ctx.check_stop()
+        ctx.check_stop_here()
         ctx.progress.update(done / total)
 
-    masks, probs = masking.compute_masks(
+    # Each rank computes its share of the batches, streamed to disk; the file is assembled once.
+    mine = distributed.shard_range(-(-len(split) // config.batch_size))
+    batches = masking.iter_masks(
         model,
         split.images,
         method=config.cam_method,
@@ -312,13 +326,27 @@ def stage_masks(ctx: Context, iteration: int) -> None:
         batch_size=config.batch_size,
         device=ctx.device,
         progress=on_batch,
+        batches=mine,
     )
-    masking.save_masks(ctx.run.masks_path(f"iter{iteration}"), masks)
-    # The saliency pass already ran the source model over the training split: its predictions are kept,
-    # so neither the evaluation nor the dashboard has to predict that split again for this model.
+    probs: list[np.ndarray] = []
+
+    def masks_of(batches: Iterator[masking.MaskBatch]) -> Iterator[torch.Tensor]:
+        for batch in batches:
+            probs.append(batch.probs)
+            yield batch.masks
+
+    path = ctx.run.masks_path(f"iter{iteration}")
+    shape = (len(split), *split.images.shape[-2:])
+    distributed.save_masks(path, masks_of(batches), shape, config.batch_size)
+    # The saliency pass already ran the source model over the training split: its predictions [N, K]
+    # are kept, so neither the evaluation nor the dashboard has to predict that split again for it.
+    mine_probs = np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)
+    all_probs = distributed.gather_parts(mine_probs)
+    if not distributed.is_main():
+        return
     stored = ctx.run.predictions("train") or _split_arrays(split)
-    ctx.run.save_predictions("train", {**stored, f"probs_{source}": probs})
-    area = masks.flatten(1).float().mean(1)
+    ctx.run.save_predictions("train", {**stored, f"probs_{source}": all_probs})
+    area = ctx.masks(f"iter{iteration}").areas().float() / (split.images.shape[-2] * split.images.shape[-1])
     ctx.run.append_event(
         {
             "stage": f"masks_{iteration}",
@@ -335,7 +363,7 @@ def stage_masks(ctx: Context, iteration: int) -> None:
 def finetune(
     ctx: Context,
     source: str,
-    masks: torch.Tensor,
+    masks: masking.PackedMasks | masking.RandomBlocks,
     target: str,
     stage: str,
     seed_offset: int,
@@ -343,8 +371,8 @@ def finetune(
     progress: tuple[int, int] = (0, 1),
 ) -> np.ndarray:
     """One epoch on the masked training split from checkpoint ``source`` at learning rate ``lr``; saves
-    checkpoint ``target`` and returns its val probabilities. ``progress`` is (this pass, passes) of the
-    stage, so a stage of several finetunes reports one progress bar."""
+    checkpoint ``target`` (rank 0) and returns its val probabilities (gathered: the same on every rank).
+    ``progress`` is (this pass, passes) of the stage, so a stage of several finetunes reports one bar."""
     config, split = ctx.config, ctx.bundle.splits["train"]
     model = ctx.load_model(source)
     generator = train.seed_everything(config.seed + seed_offset)
@@ -386,11 +414,13 @@ def finetune(
             **_prefixed("val", val),
         }
     )
-    models.save_state(model, ctx.run.checkpoint_path(target))
+    if distributed.is_main():
+        models.save_state(model, ctx.run.checkpoint_path(target))
     return val_probs(ctx, model)
 
 
 def val_probs(ctx: Context, model: torch.nn.Module) -> np.ndarray:
+    """Val probabilities [N, K]; in a distributed run each rank predicts a share and every rank gets all."""
     split = ctx.bundle.splits["val"]
     return train.predict_probs(model, split.images, batch_size=ctx.config.batch_size, device=ctx.device)
 
@@ -408,6 +438,11 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
     labels = split.labels.numpy()
     groups = None if split.groups is None else split.groups.numpy()
     record = candidates.candidate_record(run)
+
+    def save_record() -> None:
+        if distributed.is_main():  # the other ranks keep the same record in memory
+            write_json(run.file(candidates.CANDIDATES_FILE), record)
+
     entries = record.setdefault(str(iteration), {"source": source, "candidates": []})
     if "source_score" not in entries:
         entries["source_score"] = verdict.selection_score(
@@ -435,23 +470,28 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
         entries["candidates"].append(
             {"name": name, "settings": {"finetune_lr": lr}, "val_score": score.as_dict()}
         )
-        write_json(run.file(candidates.CANDIDATES_FILE), record)
+        save_record()
+    # Every rank scored the candidates on the same gathered val probabilities, so all keep the same one.
     kept = candidates.choose_candidate(entries, config.finetune_selection)
     entries["selected"] = kept
-    write_json(run.file(candidates.CANDIDATES_FILE), record)
+    save_record()
     run.log(
         f"finetune {iteration}: kept {kept}"
         + (" (no finetune candidate beat it on val)" if kept == source else " (best on val)")
     )
-    models.save_state(ctx.load_model(kept), ctx.run.checkpoint_path(f"masktune_{iteration}"))
-    if iteration == config.iterations:
+    if distributed.is_main():
+        models.save_state(ctx.load_model(kept), ctx.run.checkpoint_path(f"masktune_{iteration}"))
+    if iteration == config.iterations and distributed.is_main():
         models.save_state(ctx.load_model(f"masktune_{iteration}"), ctx.run.checkpoint_path("masktune"))
 
 
 def stage_randmask(ctx: Context) -> None:
     generator = torch.Generator().manual_seed(ctx.config.seed + 7919)
-    random_masks = masking.random_masks_like(ctx.masks("iter1"), generator)
-    masking.save_masks(ctx.run.masks_path("randmask"), random_masks)
+    masks = ctx.masks("iter1")
+    random_masks = masking.RandomBlocks(masks.areas(), masks.shape[1:], generator)
+    if distributed.is_main():
+        chunks = torch.arange(len(masks)).split(ctx.config.batch_size)
+        masking.save_masks(ctx.run.masks_path("randmask"), (random_masks[i] for i in chunks), masks.shape)
     # RandMask is finetuned at the learning rate the first iteration chose, so only the masks differ.
     chosen = candidates.candidate_record(ctx.run).get("1", {}).get("selected", "")
     lrs = {candidates.candidate_name(1, lr): lr for lr in ctx.config.finetune_lrs}
@@ -501,7 +541,8 @@ def stage_evaluate(ctx: Context) -> None:
     save_train_predictions(ctx, trained)
     metrics["candidates"] = candidates.candidate_metrics(ctx)
     metrics["dataset"] = summary
-    write_json(ctx.run.file("metrics.json"), metrics)
+    if distributed.is_main():
+        write_json(ctx.run.file("metrics.json"), metrics)
 
 
 def save_train_predictions(ctx: Context, trained: dict[str, models.Classifier]) -> None:
@@ -560,6 +601,8 @@ def execute(
     failure inside a stage (the status says ``failed`` with the message), only for a bad config."""
     config = RunConfig.from_dict(run.load_config())
     stages = plan_stages(config)
+    if not distributed.is_main():  # the other ranks of a distributed run read the run but never write it
+        run, echo = distributed.FollowerRun(run.path), None
     run.update_status(
         state="running",
         pid=os.getpid(),
@@ -572,13 +615,15 @@ def execute(
     try:
         progress.begin("data")
         started = time.monotonic()
-        bundle = build_dataset(config.dataset, config.data_options())
-        write_json(run.file("dataset.json"), dataset_summary(bundle))
+        bundle = load_dataset(config.dataset, config.data_options(), echo=echo)
+        if distributed.is_main():
+            write_json(run.file("dataset.json"), dataset_summary(bundle))
         if bundle.skipped:
             run.log(f"skipped {len(bundle.skipped)} unreadable image(s):\n  " + "\n  ".join(bundle.skipped))
             run.update_status(skipped_files=bundle.skipped)
         run.append_event({"stage": "data", "kind": "timing", "seconds": time.monotonic() - started})
-        ctx = Context(run, config, bundle, train.resolve_device(config.device), progress, should_stop)
+        device = distributed.local_device(train.resolve_device(config.device))
+        ctx = Context(run, config, bundle, device, progress, should_stop)
         done = set(run.raw_status().get("stages_done", []))
         for stage, _ in stages:
             if stage in done:
@@ -587,6 +632,7 @@ def execute(
             started = time.monotonic()
             progress.begin(stage)
             _run_stage(ctx, stage)
+            distributed.barrier()  # the stage's files are on disk before any rank reads them
             run.append_event({"stage": stage, "kind": "timing", "seconds": time.monotonic() - started})
             progress.finish(stage)
         return run.update_status(state="done", stage=None, progress=1.0, eta_s=0, finished=now_iso())

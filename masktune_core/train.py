@@ -7,7 +7,8 @@ augmented there in one batched op, so the loop never decodes or copies a whole s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masktune_core import distributed
 from masktune_core.config import RunConfig
 
 StepCallback = Callable[[int, int, float], None]  # (step, steps_in_epoch, loss)
@@ -53,13 +55,48 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+@dataclass(frozen=True)
+class Accel:
+    """How a device runs the model. ``for_device`` picks the CUDA settings; tests pass them on the CPU
+    (CPU autocast takes bf16 too), so every branch runs without a GPU."""
+
+    autocast_dtype: torch.dtype | None = None  # None: fp32
+    channels_last: bool = False
+    pin_memory: bool = False
+
+    @staticmethod
+    def for_device(device: torch.device) -> Accel:
+        if device.type != "cuda":
+            return Accel()
+        # cuDNN times its kernels once per input shape and keeps the fastest: the shapes here are fixed.
+        torch.backends.cudnn.benchmark = True
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return Accel(autocast_dtype=dtype, channels_last=True, pin_memory=True)
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Convolutions run faster on NHWC on tensor cores; the weights follow the inputs' layout."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
 # ---------------------------------------------------------------------- augmentation
-def augment_batch(x: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
-    """Random per-image affine jitter (and flips) in one ``grid_sample`` call on the batch's device."""
+def augment_batch(x: torch.Tensor, policy: str, generator: torch.Generator, share: int = 1) -> torch.Tensor:
+    """Random per-image affine jitter (and flips) in one ``grid_sample`` call on the batch's device.
+
+    With ``share`` ranks, the draws are made for the whole global batch and this rank keeps its rows
+    (r, r + N, ...: its ``DistributedSampler`` positions), so every image gets the jitter it gets in
+    one process.
+    """
     if policy == "none":
         return x
     b = x.shape[0]
-    rand = lambda *shape: torch.rand(*shape, generator=generator).to(x.device)  # noqa: E731
+    mine = slice(distributed.rank() if share > 1 else 0, None, share)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(shape[0] * share, *shape[1:], generator=generator)[mine].to(x.device)
+
     theta = torch.zeros(b, 2, 3, device=x.device)
     angle = torch.zeros(b, device=x.device)
     scale = torch.ones(b, device=x.device)
@@ -91,21 +128,73 @@ class BatchSource:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, index: torch.Tensor, device: torch.device, accel: Accel | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.host_batch(index, pin=accel is not None and accel.pin_memory)
+        return to_device(images, labels, device, accel)
+
+    def host_batch(self, index: torch.Tensor, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's uint8 images (masked) and labels in host memory, page-locked with ``pin``."""
         images = self.images[index]
         if self.transform is not None:
             images = self.transform(images, index)
-        if device.type == "cuda":
-            images = images.pin_memory()
-        x = images.to(device, non_blocking=True).float().div_(255)
-        return x, self.labels[index].to(device, non_blocking=True)
+        labels = self.labels[index]
+        if pin:
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
+def to_device(
+    images: torch.Tensor, labels: torch.Tensor, device: torch.device, accel: Accel | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images to float [0, 1] on ``device`` (copied as uint8: 4x fewer bytes on the bus; from
+    pinned memory the copy is asynchronous), NHWC in memory where ``accel`` says so."""
+    x = images.to(device, non_blocking=True).float().div_(255)
+    if accel is not None and accel.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, labels.to(device, non_blocking=True)
+
+
+def batches(
+    source: BatchSource, order: torch.Tensor, batch_size: int, accel: Accel, workers: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Host batches of ``source`` in ``order``. With ``workers``, DataLoader processes read (and mask)
+    them ahead, into pinned memory when ``accel`` says so, so reading the memory map never starves a
+    GPU; without, they are read in this process, as the CPU path needs nothing more."""
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if workers == 0:
+        for index in chunks:
+            yield source.host_batch(index, pin=accel.pin_memory)
+        return
+    loader = torch.utils.data.DataLoader(
+        _Batches(source, chunks),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=accel.pin_memory,
+        prefetch_factor=4,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __init__(self, source: BatchSource, chunks: list[torch.Tensor]) -> None:
+        self.source, self.chunks = source, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source.host_batch(self.chunks[i])
+
+
+def loader_workers(device: torch.device) -> int:
+    """DataLoader workers for a run: on CUDA, enough to keep the GPU fed (MASKTUNE_LOADER_WORKERS
+    overrides); on the CPU none, since a worker would take a core from the training itself."""
+    if "MASKTUNE_LOADER_WORKERS" in os.environ:
+        return max(int(os.environ["MASKTUNE_LOADER_WORKERS"]), 0)
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
 def train_epoch(
@@ -120,23 +209,32 @@ def train_epoch(
     generator: torch.Generator,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    accel: Accel | None = None,
+    workers: int | None = None,
 ) -> dict[str, float]:
-    """One pass over ``source`` in a seeded random order. Returns mean loss and accuracy on the pass."""
+    """One pass over ``source`` in a seeded random order. Returns mean loss and accuracy on the pass.
+
+    ``batch_size`` is the global batch: in a distributed run each of the N ranks takes batch_size / N
+    of it (see ``distributed``), and loss and accuracy are summed over the ranks.
+    """
+    accel = Accel.for_device(device) if accel is None else accel
     model.train()
-    scaler = (
-        torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
-    )
-    order = torch.randperm(len(source), generator=generator)
-    steps = math.ceil(len(source) / batch_size)
+    accel.prepare(model)
+    net = distributed.wrap(model)
+    share = distributed.world_size()
+    scaler = torch.amp.GradScaler("cuda") if accel.autocast_dtype == torch.float16 else None
+    order = torch.randperm(len(source), generator=generator)[distributed.shard_positions(len(source))]
+    local_batch = batch_size // share
+    steps = math.ceil(len(order) / local_batch)
+    workers = loader_workers(device) if workers is None else workers
     total_loss, correct, seen = 0.0, 0, 0
-    for step in range(steps):
+    for step, (images, labels) in enumerate(batches(source, order, local_batch, accel, workers)):
         if should_stop is not None and should_stop():
             raise InterruptedError("cancelled")
-        index = order[step * batch_size : (step + 1) * batch_size]
-        x, y = source.batch(index, device)
-        x = augment_batch(x, augment, generator)
-        with _autocast(device):
-            logits = model(x)
+        x, y = to_device(images, labels, device, accel)
+        x = augment_batch(x, augment, generator, share)
+        with accel.autocast(device):
+            logits = net(x)
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -148,30 +246,41 @@ def train_epoch(
             optimizer.step()
         scheduler.step()
         batch_loss = float(loss.detach())
-        total_loss += batch_loss * len(index)
+        total_loss += batch_loss * len(y)
         correct += int((logits.argmax(1) == y).sum())
-        seen += len(index)
+        seen += len(y)
         if on_step is not None:
             on_step(step + 1, steps, batch_loss)
+    total_loss, correct, seen = distributed.sum_over_ranks([total_loss, correct, seen])
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
 
 @torch.no_grad()
 def predict_probs(
-    model: nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int,
+    device: torch.device,
+    accel: Accel | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities [N, K] (float32), in eval mode, no augmentation."""
+    """Softmax probabilities [N, K] (float32), in eval mode, no augmentation. In a distributed run
+    each rank predicts a contiguous share of the rows and every rank gets all of them."""
+    accel = Accel.for_device(device) if accel is None else accel
     was_training = model.training
     model.eval()
+    accel.prepare(model)
     outputs = []
     source = BatchSource(images, torch.zeros(len(images), dtype=torch.long))
-    for start in range(0, len(images), batch_size * 2):
-        index = torch.arange(start, min(start + batch_size * 2, len(images)))
-        x, _ = source.batch(index, device)
-        with _autocast(device):
+    rows = distributed.shard_range(len(images))
+    for index in torch.arange(rows.start, rows.stop).split(batch_size * 2):
+        x, _ = source.batch(index, device, accel)
+        with accel.autocast(device):
             logits = model(x)
         outputs.append(torch.softmax(logits.float(), dim=1).cpu())
     model.train(was_training)
-    if not outputs:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(outputs).numpy().astype(np.float32)
+    mine = torch.cat(outputs).numpy().astype(np.float32) if outputs else np.zeros((0, 0), np.float32)
+    if distributed.active():  # a rank with no rows (fewer rows than ranks) learns the width from the others
+        classes = distributed.max_over_ranks(mine.shape[1])
+        return distributed.gather_rows(mine.reshape(len(mine), classes), len(images))
+    return mine

@@ -163,17 +163,17 @@ def _models(run_path: str, stamps: tuple[float, ...]) -> dict[str, Any]:
 
 
 def bundle(run: Run):
-    """The run's dataset, decoded once per server process and config (masks page, samples)."""
+    """The run's dataset, read from the dataset cache (memory-mapped: pages read only the rows they show)."""
     return _bundle(str(run.file("config.json")), mtime(run.file("config.json")))
 
 
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=2)
 def _bundle(config_path: str, mtime: float):
     from masktune_core.config import RunConfig
-    from masktune_core.data import build_dataset
+    from masktune_core.data.cache import load_dataset
 
     config = RunConfig.from_dict(read_json(config_path))
-    return build_dataset(config.dataset, config.data_options())
+    return load_dataset(config.dataset, config.data_options())
 
 
 # ---------------------------------------------------------------------- presentation helpers

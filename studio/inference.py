@@ -240,9 +240,9 @@ def sample_views(
 
 @st.cache_resource(show_spinner="Reading the stored masks…", max_entries=2)
 def _stored_masks(path: str, mtime: float) -> Any:
-    from masktune_core.masking import load_masks
+    from masktune_core.masking import load_packed_masks
 
-    return load_masks(path)
+    return load_packed_masks(path)  # unpacked per page of samples: 1/8 of the bool masks' memory
 
 
 @st.cache_data(show_spinner="Computing heatmaps for this page…", max_entries=64)

@@ -8,6 +8,7 @@ dataset's defaults instead of keeping the previous one's.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ LABELS = {
     "seed": "Seed",
     "seeds": "Seeds (a seed study)",
     "device": "Device",
+    "nproc": "Processes",
     "square_size": "Square size (px)",
     "square_color": "Square colour",
     "square_position": "Square position",
@@ -325,6 +327,11 @@ def _advanced_inputs(choice: DatasetChoice, key: Any) -> dict[str, Any]:
                 ),
             ),
             select("device", config_lib.DEVICES),
+            *(
+                [number("nproc", DEFAULTS.nproc, 1, "torchrun processes (DDP); they split each batch.")]
+                if (os.cpu_count() or 1) > 1  # one core has nothing to share the work with
+                else []
+            ),
         ],
         values,
     )

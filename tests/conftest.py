@@ -7,14 +7,20 @@ chromium or missing Fashion-MNIST files must not turn the run green.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from masktune_core.config import RunConfig
 from masktune_core.runs import Run, RunStore
+
+# Every test (and every process a test starts) decodes datasets into its own cache, never the user's.
+os.environ["MASKTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="masktune-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MASKTUNE_CACHE_DIR"], ignore_errors=True)
 
 # Small enough to train in seconds on 2 cores, complete enough to exercise every stage and page.
 TINY_RUN = {

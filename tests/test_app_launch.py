@@ -66,7 +66,11 @@ def test_the_form_holds_the_datasets_recipe_and_follows_a_dataset_change(empty_s
 
 @pytest.mark.parametrize(
     ("name", "value", "message"),
-    [("lr", 0.0, "lr: must be greater than 0"), ("epochs", 0, "epochs: must be at least 1, got 0")],
+    [
+        ("lr", 0.0, "lr: must be greater than 0"),
+        ("epochs", 0, "epochs: must be at least 1, got 0"),
+        ("nproc", 3, "batch_size: 128 does not split evenly among nproc=3 processes"),
+    ],
 )
 def test_invalid_values_get_the_engines_message_and_create_no_run(
     empty_store: RunStore, spawned: list[list[str]], name: str, value: float, message: str
@@ -97,10 +101,12 @@ def test_valid_submit_queues_a_run_with_the_forms_values(
     field(at, "number_input", "epochs").set_value(1)
     field(at, "number_input", "train_copies").set_value(0)
     field(at, "checkbox", "randmask").check()
+    field(at, "number_input", "nproc").set_value(2)
     launch(at)
     runs = empty_store.list()
     assert len(runs) == 1
     config = runs[0].config()
+    assert config["nproc"] == 2  # the job process starts torchrun with two processes
     assert (config["name"], config["epochs"], config["train_copies"], config["randmask"]) == (
         "tiny check",
         1,

@@ -8,9 +8,12 @@ from scipy import ndimage
 from masktune_core.cam import compute_heatmaps
 from masktune_core.errors import ConfigError, DataError
 from masktune_core.masking import (
+    RandomBlocks,
     apply_masks,
     compute_masks,
+    iter_masks,
     load_masks,
+    load_packed_masks,
     random_masks_like,
     save_masks,
     threshold_masks,
@@ -221,3 +224,50 @@ def test_compute_masks_probs_match_a_forward_on_both_cam_paths(method: str) -> N
     _, probs = compute_masks(model, images, method=method, batch_size=4, device="cpu")
     direct = predict_probs(model, images, batch_size=4, device=torch.device("cpu"))
     np.testing.assert_allclose(probs, direct, rtol=0, atol=1e-6)
+
+
+def test_masks_saved_in_batches_equal_one_save_and_read_back_packed(tmp_path: Path) -> None:
+    masks = torch.rand(23, 9, 7, generator=torch.Generator().manual_seed(1)) > 0.7
+    whole, parts = tmp_path / "whole.npz", tmp_path / "parts.npz"
+    save_masks(whole, masks)
+    save_masks(parts, iter(masks.split(5)), (23, 9, 7))
+    assert torch.equal(load_masks(parts), masks) and torch.equal(load_masks(whole), masks)
+    packed = load_packed_masks(parts)
+    index = torch.tensor([22, 0, 5, 5])
+    assert torch.equal(packed[index], masks[index])
+    assert torch.equal(packed.areas(chunk=4), masks.flatten(1).sum(1))
+    # Fewer batches than promised: an error, and no file left behind.
+    with pytest.raises(ValueError):
+        save_masks(tmp_path / "short.npz", iter(masks[:10].split(5)), (23, 9, 7))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.npz", "whole.npz"]
+
+
+def test_random_blocks_read_in_batches_equal_random_masks_like() -> None:
+    masks = torch.rand(30, 12, 10, generator=torch.Generator().manual_seed(2)) > 0.8
+    expected = random_masks_like(masks, torch.Generator().manual_seed(5))
+    blocks = RandomBlocks(masks.flatten(1).sum(1), (12, 10), torch.Generator().manual_seed(5))
+    joined = torch.cat([blocks[index] for index in torch.arange(30).split(7)])
+    assert torch.equal(joined, expected)
+
+
+def test_iter_masks_on_a_share_of_the_batches_equals_the_whole() -> None:
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 2, 1, 28, [0.5], [0.25]).eval()
+    images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
+    whole = compute_masks(model, images, batch_size=3)
+    shares = [list(iter_masks(model, images, batch_size=3, batches=rows)) for rows in (range(2), range(2, 4))]
+    batches = shares[0] + shares[1]
+    assert torch.equal(torch.cat([b.masks for b in batches]), whole.masks)
+    # Each batch carries the probabilities of its own rows.
+    np.testing.assert_array_equal(np.concatenate([b.probs for b in batches]), whole.probs)
+
+
+def test_heatmaps_stay_fp32_under_a_bf16_autocast() -> None:
+    # Training runs under bf16 autocast on CUDA; the CAM fast path must not inherit it.
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 2, 1, 28, [0.5], [0.25]).eval()
+    images = torch.rand(4, 1, 28, 28)
+    plain = compute_heatmaps(model, images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = compute_heatmaps(model, images)
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)

@@ -135,16 +135,16 @@ def train_epoch(*args, on_step=None, **kwargs):
 
 train.train_epoch = train_epoch
 
-real_compute_masks = masking.compute_masks
+real_iter_masks = masking.iter_masks
 
-def compute_masks(*args, progress, **kwargs):
+def iter_masks(*args, progress, **kwargs):
     def after_batch(done, total):
         progress(done, total)
         if point == "masks":
             die()  # after the first batch of saliency maps
-    return real_compute_masks(*args, progress=after_batch, **kwargs)
+    return real_iter_masks(*args, progress=after_batch, **kwargs)
 
-masking.compute_masks = compute_masks
+masking.iter_masks = iter_masks
 
 real_save_predictions = Run.save_predictions
 

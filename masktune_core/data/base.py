@@ -16,6 +16,8 @@ import torch
 
 from masktune_core.recipes import Recipe
 
+_FINGERPRINT_CHUNK = 4096  # rows hashed at a time
+
 
 @dataclass
 class Split:
@@ -37,9 +39,12 @@ class Split:
         digest = hashlib.sha256()
         for tensor in (self.images, self.labels, self.groups):
             if tensor is not None:
-                array = tensor.contiguous().numpy()
-                digest.update(repr((array.dtype.str, array.shape)).encode())
-                digest.update(memoryview(array).cast("B"))
+                dtype = tensor[0:0].numpy().dtype.str
+                digest.update(repr((dtype, tuple(tensor.shape))).encode())
+                # In chunks: the images may be a cache on disk, read a slice at a time.
+                for start in range(0, len(tensor), _FINGERPRINT_CHUNK):
+                    array = tensor[start : start + _FINGERPRINT_CHUNK].contiguous().numpy()
+                    digest.update(memoryview(array).cast("B"))
         return digest.hexdigest()
 
     def subset(self, index: torch.Tensor) -> Split:

@@ -63,7 +63,9 @@ def bundle_from_table(
             raise DataError(str(table.source), f"split {code} ({SPLIT_NAMES[code]}) has no images")
     splits = {}
     for code, (split_name, rows) in enumerate(zip(SPLIT_NAMES, members, strict=True)):
-        images, kept, skipped = decode_images([table.paths[i] for i in rows], size, options.bad_images)
+        images, kept, skipped = decode_images(
+            [table.paths[i] for i in rows], size, options.bad_images, split_name
+        )
         if len(kept) == 0:
             raise DataError(
                 str(table.source),

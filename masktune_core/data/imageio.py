@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from masktune_core.data import cache
 from masktune_core.data.base import DataOptions, Split
 from masktune_core.errors import DataError
 
@@ -72,9 +73,15 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     A 256-bin histogram per channel avoids a float copy of the whole split.
     """
     values = torch.arange(256, dtype=torch.float64) / 255.0
+    histograms = torch.zeros(images.shape[1], 256, dtype=torch.float64)
+    for start in range(0, len(images), 4096):  # in chunks: the split may be a memory-mapped file
+        batch = images[start : start + 4096]
+        for channel in range(images.shape[1]):
+            histograms[channel] += torch.bincount(batch[:, channel].reshape(-1), minlength=256)
+        cache.release_buffers()
     means, stds = [], []
     for channel in range(images.shape[1]):
-        counts = torch.bincount(images[:, channel].reshape(-1), minlength=256).to(torch.float64)
+        counts = histograms[channel]
         total = counts.sum()
         mean = (counts * values).sum() / total
         var = (counts * (values - mean) ** 2).sum() / total
@@ -119,33 +126,43 @@ def _decode_one(path: Path, size: int) -> np.ndarray:
         return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
 
 
+DECODE_CHUNK = 1024  # images decoded per step: bounds the decoder's own memory on a large split
+
+
 def decode_images(
-    paths: Sequence[Path], size: int, bad_images: str
+    paths: Sequence[Path], size: int, bad_images: str, name: str = "images"
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode image files into uint8 [N_kept, 3, size, size], whole image resized (no crop).
 
     Returns ``(images, kept_index, skipped_paths)``. An unreadable file (missing, zero bytes, corrupt,
     truncated) is skipped and listed with ``bad_images="skip"`` and raises DataError naming it with
     ``"fail"``. Pillow's LOAD_TRUNCATED_IMAGES is left False so a truncated file is an error rather than
-    a half-grey image.
+    a half-grey image. Images are decoded in chunks into ``cache.image_buffer(name, ...)``, a file while
+    the dataset cache is being built, so a split larger than memory decodes.
     """
-    pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-
-    def work(index: int) -> str | None:
-        try:
-            pixels[index] = _decode_one(paths[index], size)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            return f"{type(err).__name__}: {err}"
-        return None
-
+    images = cache.image_buffer(name, (len(paths), 3, size, size))
+    kept: list[int] = []
+    skipped: list[str] = []
     # Pillow releases the GIL while decoding and resizing, so threads scale across cores.
     with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1))) as pool:
-        errors = list(pool.map(work, range(len(paths))))
-    bad = [i for i, err in enumerate(errors) if err is not None]
-    if bad and bad_images == "fail":
-        raise DataError(str(paths[bad[0]]), f"cannot read image ({errors[bad[0]]})")
-    kept = torch.tensor([i for i, err in enumerate(errors) if err is None], dtype=torch.int64)
-    if bad:
-        pixels = pixels[kept.numpy()]
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-    return images, kept, [str(paths[i]) for i in bad]
+        for start in range(0, len(paths), DECODE_CHUNK):
+            chunk = range(start, min(start + DECODE_CHUNK, len(paths)))
+            pixels = np.empty((len(chunk), size, size, 3), dtype=np.uint8)
+
+            def work(i: int, pixels: np.ndarray = pixels, start: int = start) -> str | None:
+                try:
+                    pixels[i - start] = _decode_one(paths[i], size)
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                    return f"{type(exc).__name__}: {exc}"
+                return None
+
+            errors = list(pool.map(work, chunk))
+            bad = [i for i, err in zip(chunk, errors, strict=True) if err is not None]
+            if bad and bad_images == "fail":
+                raise DataError(str(paths[bad[0]]), f"cannot read image ({errors[bad[0] - start]})")
+            good = [i - start for i, err in zip(chunk, errors, strict=True) if err is None]
+            images[len(kept) : len(kept) + len(good)] = torch.from_numpy(pixels[good]).permute(0, 3, 1, 2)
+            kept += [start + i for i in good]
+            skipped += [str(paths[i]) for i in bad]
+            cache.report(f"decoding {name}", chunk.stop, len(paths))
+    return images[: len(kept)], torch.tensor(kept, dtype=torch.int64), skipped

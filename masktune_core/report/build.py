@@ -159,8 +159,8 @@ def gallery_section(run: Run) -> dict[str, Any] | None:
         return None
     import torch
 
-    from masktune_core.data import build_dataset
-    from masktune_core.masking import load_masks
+    from masktune_core.data.cache import load_dataset
+    from masktune_core.masking import load_packed_masks
     from masktune_core.models import load_run_models
 
     config = run.config()
@@ -168,9 +168,10 @@ def gallery_section(run: Run) -> dict[str, Any] | None:
     models = load_run_models(run.path, ("erm", "masktune"))
     if set(models) != {"erm", "masktune"}:
         return None
-    bundle = build_dataset(config["dataset"], RunConfig.from_dict(config).data_options())
+    # From the dataset cache, bit-packed masks: only the gallery's rows are read and unpacked.
+    bundle = load_dataset(config["dataset"], RunConfig.from_dict(config).data_options())
     train = bundle.splits["train"]
-    masks = load_masks(masks_file)
+    masks = load_packed_masks(masks_file)
     train_groups = None if train.groups is None else train.groups.numpy()
     names = bundle.group_names or bundle.class_names
     chosen = gallery.choose_test_examples(pred)

@@ -147,8 +147,10 @@ def data_uri(png: bytes) -> str:
 
 
 def mask_area_by_group(masks: Any, groups: np.ndarray | None, names: list[str]) -> dict[str, float]:
-    """Mean fraction of each image's pixels the stored masks hide, per training group (or overall)."""
-    area = masks.reshape(masks.shape[0], -1).float().mean(1).numpy()
+    """Mean fraction of each image's pixels the stored masks hide, per training group (or overall).
+    ``masks`` is a ``masking.PackedMasks``: the pixels are counted on the packed bits."""
+    _, height, width = masks.shape
+    area = (masks.areas().double() / (height * width)).numpy()
     if groups is None:
         return {"all training images": float(area.mean())}
     return {names[int(g)]: float(area[groups == g].mean()) for g in np.unique(groups)}
