@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from masktune_core import evaluate, masking, train, verdict
+from masktune_core import masking, train, verdict
 from masktune_core.runs import Run, read_json
 
 if TYPE_CHECKING:
@@ -114,18 +114,7 @@ def candidate_metrics(ctx: Context) -> list[dict[str, Any]]:
             model = ctx.load_model(candidate["name"])
             splits = {}
             for split_name in ctx.bundle.eval_splits:
-                split = ctx.bundle.splits[split_name]
-                probs = train.predict_probs(
-                    model, split.images, batch_size=ctx.config.batch_size, device=ctx.device
-                )
-                result = evaluate.accuracy_metrics(
-                    probs,
-                    split.labels.numpy(),
-                    None if split.groups is None else split.groups.numpy(),
-                    class_names=ctx.bundle.class_names,
-                    group_names=ctx.bundle.group_names,
-                    train_group_fractions=None,
-                )
+                _, result = ctx.split_metrics(model, split_name)
                 splits[split_name] = {
                     "accuracy": result["accuracy"],
                     "worst_group_accuracy": result["worst_group_accuracy"],

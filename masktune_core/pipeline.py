@@ -141,6 +141,22 @@ class Context:
         models.load_state(model, self.run.checkpoint_path(checkpoint))
         return model.to(self.device)
 
+    def split_metrics(self, model: torch.nn.Module, split_name: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """``model``'s probabilities on a split and its accuracy metrics there (no train weighting)."""
+        split = self.bundle.splits[split_name]
+        probs = train.predict_probs(
+            model, split.images, batch_size=self.config.batch_size, device=self.device
+        )
+        result = evaluate.accuracy_metrics(
+            probs,
+            split.labels.numpy(),
+            None if split.groups is None else split.groups.numpy(),
+            class_names=self.bundle.class_names,
+            group_names=self.bundle.group_names,
+            train_group_fractions=None,
+        )
+        return probs, result
+
     def masks(self, name: str) -> masking.PackedMasks:
         if name not in self._masks:
             self._masks[name] = masking.load_packed_masks(self.run.masks_path(name))
@@ -286,17 +302,8 @@ def stage_erm(ctx: Context) -> None:
 
 def validation_scores(ctx: Context, model: torch.nn.Module) -> dict[str, float | None]:
     """Val accuracy, worst-group accuracy and mean cross-entropy of ``model``."""
-    split = ctx.bundle.splits["val"]
-    probs = train.predict_probs(model, split.images, batch_size=ctx.config.batch_size, device=ctx.device)
-    result = evaluate.accuracy_metrics(
-        probs,
-        split.labels.numpy(),
-        None if split.groups is None else split.groups.numpy(),
-        class_names=ctx.bundle.class_names,
-        group_names=ctx.bundle.group_names,
-        train_group_fractions=None,
-    )
-    picked = probs[np.arange(len(probs)), split.labels.numpy()]
+    probs, result = ctx.split_metrics(model, "val")
+    picked = probs[np.arange(len(probs)), ctx.bundle.splits["val"].labels.numpy()]
     loss = float(-np.log(np.clip(picked, 1e-12, None)).mean())
     return {
         "accuracy": result["accuracy"],
