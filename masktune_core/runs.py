@@ -74,9 +74,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _fsync(tmp_path)
+        fsync(tmp_path)
         os.replace(tmp_path, path)
-        _fsync(path.parent)
+        fsync(path.parent)
     except OSError as err:
         tmp_path.unlink(missing_ok=True)
         raise disk_error(path, err) from None
@@ -85,7 +85,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
     """Flush ``path`` (a file or a directory) to the disk, so a rename survives a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -370,13 +370,13 @@ def test_every_file_a_run_writes_is_fsynced_then_renamed_then_its_folder_fsynced
     from masktune_core import masking, models
 
     synced: list[Path] = []
-    real_fsync = runs._fsync
+    real_fsync = runs.fsync
 
     def record(path: Path) -> None:
         synced.append(Path(path))
         real_fsync(path)
 
-    monkeypatch.setattr(runs, "_fsync", record)
+    monkeypatch.setattr(runs, "fsync", record)
     writes = {
         run.checkpoint_path("erm"): lambda: models.save_state(
             torch.nn.Linear(2, 2), run.checkpoint_path("erm")

@@ -35,7 +35,7 @@ import torch
 
 from masktune_core.data import build_dataset, get_dataset_info
 from masktune_core.data.base import DataOptions, DatasetBundle, Split
-from masktune_core.runs import file_lock, write_json
+from masktune_core.runs import file_lock, fsync, write_json
 
 CACHE_ENV = "MASKTUNE_CACHE_DIR"
 CACHE_VERSION = 1
@@ -210,7 +210,7 @@ def _build(name: str, options: DataOptions, folder: Path, echo: Echo | None) -> 
         _write(bundle, tmp, folder.name.rpartition("-")[2])
         shutil.rmtree(folder, ignore_errors=True)  # a meta-less leftover
         os.replace(tmp, folder)
-        _fsync(folder.parent)
+        fsync(folder.parent)
     finally:
         _BUFFERS.clear()
         _BUILD_DIR.reset(tokens[0])
@@ -233,7 +233,7 @@ def _write(bundle: DatasetBundle, tmp: Path, key: str) -> None:
                     handle.write(images[start : start + WRITE_CHUNK].contiguous().numpy().tobytes())
                     report(f"writing {split_name}", min(start + WRITE_CHUNK, len(images)), len(images))
             os.replace(path.with_suffix(".writing"), path)
-        _fsync(path)
+        fsync(path)
         np.save(tmp / f"{split_name}.labels.npy", split.labels.numpy())
         if split.groups is not None:
             np.save(tmp / f"{split_name}.groups.npy", split.groups.numpy())
@@ -262,14 +262,6 @@ def _backed_by(images: torch.Tensor, path: Path) -> bool:
         Path(array.filename) == path.resolve() and array.ctypes.data == images.data_ptr()
         for array in _BUFFERS
     )
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_cache(folder: Path) -> DatasetBundle:
