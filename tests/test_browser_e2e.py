@@ -6,6 +6,7 @@ Screenshots of every page go to test-artifacts/screenshots/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -55,8 +56,9 @@ def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e-runs")
 
 
-@pytest.fixture(scope="module")
-def server(runs_dir: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def serve_app(runs_dir: Path, log_path: Path) -> Iterator[str]:
+    """A Streamlit server of app.py on a free port over ``runs_dir``, stopped (SIGTERM, SIGKILL) after."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MASKTUNE_RUNS_DIR": str(runs_dir)}
@@ -65,18 +67,25 @@ def server(runs_dir: Path) -> Iterator[str]:
         "--server.port", str(port), "--server.headless", "true",
         "--server.fileWatcherType", "none",  # nothing to watch in a test, and .venv would flood inotify
     ]  # fmt: skip
-    log = open(runs_dir.parent / "streamlit.log", "wb")  # noqa: SIM115 -- closed after the server stops
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(url, process)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            wait_healthy(url, process)
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(runs_dir: Path) -> Iterator[str]:
+    try:
+        with serve_app(runs_dir, runs_dir.parent / "streamlit.log") as url:
+            yield url
+    finally:
         stop_jobs(runs_dir)
 
 

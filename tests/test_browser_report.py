@@ -7,12 +7,8 @@ Needs Playwright and /usr/bin/chromium.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +17,7 @@ import pytest
 from masktune_core.__main__ import main
 from masktune_core.runs import Run, RunStore
 from tests.test_app_studies import MASKTUNE_WGA, STUDY, make_study
-from tests.test_browser_e2e import CHROMIUM, ROOT, free_port, wait_healthy
+from tests.test_browser_e2e import CHROMIUM, serve_app
 
 pytestmark = [
     pytest.mark.browser,
@@ -96,25 +92,10 @@ def test_report_prints_to_more_than_one_a4_page(browser, report_file, tmp_path: 
 @pytest.fixture
 def study_server(finished_store: RunStore) -> Iterator[str]:
     make_study(finished_store, finished_store.list()[0])
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MASKTUNE_RUNS_DIR": str(finished_store.root)}
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-        "--server.headless", "true", "--server.fileWatcherType", "none",
-    ]  # fmt: skip
-    log = open(finished_store.root.parent / "streamlit.log", "wb")  # noqa: SIM115 -- closed below
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_healthy(url, process)
-        yield url
+        with serve_app(finished_store.root, finished_store.root.parent / "streamlit.log") as url:
+            yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
         shutil.rmtree(finished_store.root / ".streamlit", ignore_errors=True)
 
 
