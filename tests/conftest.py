@@ -119,3 +119,21 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     fake = types.SimpleNamespace(Popen=fake_popen, STDOUT=subprocess.STDOUT, DEVNULL=subprocess.DEVNULL)
     monkeypatch.setattr(jobs, "subprocess", fake)
     return commands
+
+
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """What a page's download buttons would send, by file name (AppTest cannot fetch the files)."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    sent: dict[str, object] = {}
+    original = DeltaGenerator.download_button
+
+    def recording(
+        self: DeltaGenerator, label: str, data: object, file_name: str | None = None, **kwargs: object
+    ):
+        sent[file_name or label] = data
+        return original(self, label, data, file_name, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", recording)
+    return sent

@@ -6,30 +6,14 @@ import csv
 import io
 import json
 import shutil
-from typing import Any
 
 import pytest
-from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 from masktune_core.runs import Run, RunStore
 from tests.apptest_pages import open_page
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
-
-
-@pytest.fixture
-def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
-    """What the page's download buttons would send, by file name (AppTest cannot fetch the files)."""
-    sent: dict[str, bytes] = {}
-    original = DeltaGenerator.download_button
-
-    def recording(self: DeltaGenerator, label: str, data: Any, file_name: str | None = None, **kwargs: Any):
-        sent[file_name or label] = data
-        return original(self, label, data, file_name, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", recording)
-    return sent
 
 
 def open_results(**params: str) -> AppTest:

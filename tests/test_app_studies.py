@@ -8,7 +8,6 @@ import shutil
 from typing import Any
 
 import pytest
-from streamlit.delta_generator import DeltaGenerator
 
 from masktune_core.runs import Run, RunStore
 from tests.apptest_pages import open_page
@@ -38,19 +37,6 @@ def make_study(store: RunStore, template: Run) -> list[Run]:
 def study_store(finished_store: RunStore) -> RunStore:
     make_study(finished_store, finished_store.list()[0])
     return finished_store
-
-
-@pytest.fixture
-def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    sent: dict[str, Any] = {}
-    original = DeltaGenerator.download_button
-
-    def recording(self: DeltaGenerator, label: str, data: Any, file_name: str | None = None, **kwargs: Any):
-        sent[file_name or label] = data
-        return original(self, label, data, file_name, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", recording)
-    return sent
 
 
 def test_runs_page_shows_a_study_as_one_row_that_expands_to_its_runs(study_store: RunStore) -> None:
