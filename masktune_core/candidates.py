@@ -91,7 +91,9 @@ def run_verdict(
             "No finetune candidate beat ERM on val, so the run keeps ERM's weights as its MaskTune model."
         )
     effect = result["mask_effect"]
-    if effect and effect["train_accuracy_original"] - effect["train_accuracy_masked"] < MASK_EFFECT_MIN_DROP:
+    # An ERM model near chance relies on nothing a mask could hide, so the drop says nothing about the cue.
+    learnt = effect and effect["train_accuracy_original"] > 1 / erm.shape[1] + MASK_EFFECT_MIN_LEARNT
+    if learnt and effect["train_accuracy_original"] - effect["train_accuracy_masked"] < MASK_EFFECT_MIN_DROP:
         notes.append(
             f"The masks hid little of what ERM relies on: its training accuracy is "
             f"{effect['train_accuracy_original']:.1%} on original and {effect['train_accuracy_masked']:.1%} "
@@ -104,6 +106,8 @@ def run_verdict(
 
 # Below this drop in ERM's training accuracy, the masks did not hide what ERM uses (see mask_effect).
 MASK_EFFECT_MIN_DROP = 0.02
+# ... and only once ERM's training accuracy is this far above chance.
+MASK_EFFECT_MIN_LEARNT = 0.1
 
 
 def candidate_metrics(ctx: Context) -> list[dict[str, Any]]:

@@ -177,3 +177,26 @@ def test_erm_stops_once_val_stops_improving(tmp_path, monkeypatch: pytest.Monkey
     assert [e["selected"] for e in epochs] == [True, True, False, False]
     stops = [e for e in run.events() if e.get("kind") == "early_stop"]
     assert [(e["epoch"], e["best_epoch"]) for e in stops] == [(4, 2)]
+
+
+@pytest.mark.parametrize(
+    ("original", "masked", "noted"),
+    [(0.98, 0.975, True), (0.98, 0.80, False), (0.52, 0.52, False)],  # unhidden cue; hidden; ERM at chance
+)
+def test_the_verdict_says_when_the_masks_hid_nothing_erm_relies_on(
+    tmp_path, original: float, masked: float, noted: bool
+) -> None:
+    from masktune_core.runs import RunStore, write_json
+
+    run = RunStore(tmp_path).create(RunConfig(dataset="digits").resolved().to_dict())
+    effect = {"train_accuracy_original": original, "train_accuracy_masked": masked, "n": 100}
+    write_json(
+        run.file(candidates.CANDIDATES_FILE),
+        {"1": {"source": "erm", "selected": "erm", "candidates": [], "mask_effect": effect}},
+    )
+    labels = np.repeat([0, 1], 50)
+    probs = one_hot(labels)
+    result = candidates.run_verdict(run, 0, probs, probs, labels, None)
+    assert result["kept_source"] and result["mask_effect"] == effect
+    assert any("kept ERM" in note or "keeps ERM" in note for note in result["notes"])
+    assert any("masks hid little" in note for note in result["notes"]) == noted
