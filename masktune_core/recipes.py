@@ -19,7 +19,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-REGIMES = ("scratch", "pretrained")
 
 
 @dataclass(frozen=True)
@@ -94,4 +93,4 @@ def recipe_for(dataset: str, backbone: str | None = None, pretrained: str | None
     return info.recipes.get(f"{chosen}/{regime}", Recipe()).over(recipe)
 
 
-__all__ = ["FROM_SCRATCH", "GENERIC", "RECIPE_KEYS", "REGIMES", "Recipe", "recipe_for", "regime_of"]
+__all__ = ["FROM_SCRATCH", "GENERIC", "RECIPE_KEYS", "Recipe", "recipe_for", "regime_of"]
