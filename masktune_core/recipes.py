@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class Recipe:
     """Defaults for a run's options; ``None`` means "not set here, ask the next recipe in the chain"."""
