@@ -7,6 +7,7 @@ The choice rule and the verdict are in masktune_core.verdict; this module keeps 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,13 +17,39 @@ from masktune_core import masking, train, verdict
 from masktune_core.runs import Run, read_json
 
 if TYPE_CHECKING:
+    from masktune_core.config import RunConfig
     from masktune_core.pipeline import Context
 
 CANDIDATES_FILE = "candidates.json"
 
 
-def candidate_name(iteration: int, lr: float) -> str:
-    return f"masktune_{iteration}_lr{lr:g}"
+@dataclass(frozen=True)
+class Setting:
+    """How one finetune candidate trains: learning rate, fill, epochs and val checks per epoch."""
+
+    lr: float
+    fill: str
+    epochs: int = 1
+    checks: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"finetune_lr": self.lr, "fill": self.fill, "epochs": self.epochs, "checks": self.checks}
+
+
+def candidate_settings(config: RunConfig) -> list[Setting]:
+    """The run's finetune candidates: every learning rate with every fill (with selection "none", only the
+    first of each: the method's single finetune). A config saved before fills and epochs were options
+    finetunes as it did then: one epoch, its fill."""
+    lrs = config.finetune_lrs or (config.finetune_lr,)
+    fills = config.finetune_fills or (config.fill,)
+    if config.finetune_selection != "val":
+        lrs, fills = lrs[:1], fills[:1]
+    epochs, checks = config.finetune_epochs or 1, config.finetune_checks or 1
+    return [Setting(lr, fill, epochs, checks) for fill in fills for lr in lrs]
+
+
+def candidate_name(iteration: int, setting: Setting) -> str:
+    return f"masktune_{iteration}_{setting.fill}_lr{setting.lr:g}"
 
 
 def candidate_record(run: Run) -> dict[str, Any]:

@@ -25,7 +25,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "none")
 CAM_METHODS = ("xgradcam", "gradcam", "gradcam++", "layercam", "eigencam")
 THRESHOLD_RULES = ("mean+2std", "topk")
-FILLS = ("black", "mean", "blur")
+FILLS = ("black", "mean", "blur", "swap")
 SELECTIONS = ("val_accuracy", "worst_group")
 FINETUNE_SELECTIONS = ("val", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -88,6 +88,13 @@ class RunConfig:
     )
     finetune_lrs: tuple[float, ...] | None = option(
         None, "finetune candidates' learning rates, comma-separated; val chooses among them"
+    )
+    finetune_fills: tuple[str, ...] | None = option(
+        None, "fills the finetune candidates use, comma-separated (--fill given alone: the only one)"
+    )
+    finetune_epochs: int | None = option(None, "epochs of each masked finetune (1 is the method)")
+    finetune_checks: int | None = option(
+        None, "val checks per finetune epoch; each candidate keeps its best check (with selection val)"
     )
     finetune_selection: str | None = option(
         None,
@@ -158,8 +165,9 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["square_color"] = list(self.square_color)
-        if self.finetune_lrs is not None:
-            values["finetune_lrs"] = list(self.finetune_lrs)
+        for name in ("finetune_lrs", "finetune_fills"):
+            if getattr(self, name) is not None:
+                values[name] = list(getattr(self, name))
         return values
 
     # ------------------------------------------------------------------ recipe
@@ -172,6 +180,9 @@ class RunConfig:
         updates = {key: recipe[key] for key in RECIPE_KEYS if getattr(self, key) is None and key in recipe}
         if self.finetune_lrs is None and (self.finetune_lr is not None or "finetune_lrs" not in updates):
             updates["finetune_lrs"] = (self.finetune_lr or updates["finetune_lr"],)
+        # Likewise a fill other than the default, given alone, is the only fill the finetune uses.
+        if self.finetune_fills is None and (self.fill != _default("fill") or "finetune_fills" not in updates):
+            updates["finetune_fills"] = (self.fill,)
         config = dataclasses.replace(self, **updates)
         config.validate()
         return config
@@ -221,6 +232,23 @@ class RunConfig:
                 )
             for lr in self.finetune_lrs:
                 _positive_float("finetune_lrs", lr)
+        if self.finetune_fills is not None:
+            if not self.finetune_fills or len(set(self.finetune_fills)) != len(self.finetune_fills):
+                raise ConfigError("finetune_fills", "needs one or more different fills, e.g. black,swap")
+            for fill in self.finetune_fills:
+                if fill not in FILLS:
+                    raise ConfigError(
+                        "finetune_fills", f"unknown value {fill!r}; choose from {', '.join(FILLS)}"
+                    )
+        candidates = len(self.finetune_lrs or ()) * len(self.finetune_fills or ())
+        if candidates > MAX_FINETUNE_CANDIDATES:
+            raise ConfigError(
+                "finetune_lrs",
+                f"{candidates} finetune candidates (learning rates x fills); "
+                f"at most {MAX_FINETUNE_CANDIDATES}",
+            )
+        _positive_int("finetune_epochs", self.finetune_epochs, upper=20)
+        _positive_int("finetune_checks", self.finetune_checks, upper=20)
         _in_range("momentum", self.momentum, 0.0, 0.999)
         _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _in_range("topk_percent", self.topk_percent, 0.1, 99.9)
@@ -331,6 +359,9 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
     kind = str(annotation)
     if name == "finetune_lrs":
         return _parse_numbers(name, value)
+    if name == "finetune_fills":
+        parts = value.split(",") if isinstance(value, str) else value
+        return tuple(str(p).strip() for p in parts)
     if "tuple" in kind:
         return _parse_color(name, value)
     if "bool" in kind:

@@ -180,7 +180,10 @@ def apply_masks(
 
     "black": masked pixels become 0 in raw pixel space (the method); "mean": the dataset mean colour
     (``mean`` per channel on the [0, 1] scale); "blur": the same pixels of a Gaussian-blurred copy, with
-    a kernel about a quarter of the image size. Works on the images' device; call it per batch.
+    a kernel about a quarter of the image size; "swap": the same pixels of the batch's previous image (the
+    first takes the last's), so the hidden region still holds image content, but content that no longer
+    goes with the label: a cue the model learnt there is seen under both labels instead of never. Works on
+    the images' device; call it per (shuffled) batch. A batch of one image keeps it as it is.
     """
     check_choice("fill", fill)
     if images_uint8.shape[0] != masks.shape[0] or images_uint8.shape[-2:] != masks.shape[-2:]:
@@ -193,6 +196,8 @@ def apply_masks(
             raise ValueError("fill 'mean' needs the dataset mean, one value per channel")
         colour = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8, device=images_uint8.device)
         return torch.where(hidden, colour.view(1, -1, 1, 1), images_uint8)
+    if fill == "swap":
+        return torch.where(hidden, images_uint8.roll(1, 0), images_uint8)
     return torch.where(hidden, _blurred(images_uint8), images_uint8)
 
 

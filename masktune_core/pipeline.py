@@ -7,6 +7,8 @@ saves a training state (model, optimizer, scheduler, RNG) every epoch and resume
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import time
 import traceback
@@ -45,7 +47,8 @@ def plan_stages(config: RunConfig) -> list[tuple[str, float]]:
     """Stage names with rough relative costs (one training epoch = 1), used for progress and ETA."""
     stages: list[tuple[str, float]] = [("erm", float(config.epochs))]
     for i in range(1, config.iterations + 1):
-        stages += [(f"masks_{i}", 0.4), (f"finetune_{i}", float(len(config.finetune_lrs or (None,))))]
+        settings = candidates.candidate_settings(config)
+        stages += [(f"masks_{i}", 0.4), (f"finetune_{i}", float(sum(s.epochs for s in settings)))]
     if config.randmask:
         stages.append(("randmask", 1.0))
     stages.append(("evaluate", 0.3))
@@ -367,6 +370,15 @@ def stage_masks(ctx: Context, iteration: int) -> None:
     )
 
 
+@dataclass
+class FinetuneResult:
+    """What one finetune kept: the val probabilities of the kept point, its epoch, and every check's score."""
+
+    val_probs: np.ndarray
+    epoch: float
+    path: list[dict[str, Any]]
+
+
 def finetune(
     ctx: Context,
     source: str,
@@ -374,56 +386,89 @@ def finetune(
     target: str,
     stage: str,
     seed_offset: int,
-    lr: float,
+    setting: candidates.Setting,
     progress: tuple[int, int] = (0, 1),
-) -> np.ndarray:
-    """One epoch on the masked training split from checkpoint ``source`` at learning rate ``lr``; saves
-    checkpoint ``target`` (rank 0) and returns its val probabilities (gathered: the same on every rank).
-    ``progress`` is (this pass, passes) of the stage, so a stage of several finetunes reports one bar."""
+    keep_best: bool = False,
+) -> FinetuneResult:
+    """Finetune checkpoint ``source`` on the masked training split (``setting``: learning rate, fill,
+    epochs, val checks per epoch) and save checkpoint ``target`` (rank 0).
+
+    With ``keep_best`` the model is scored on val at every check and the best check is what ``target``
+    holds (the finetune's own model selection); otherwise the last one, as in the method. ``progress`` is
+    (this pass, passes) of the stage, so a stage of several finetunes reports one bar."""
     config, split = ctx.config, ctx.bundle.splits["train"]
     model = ctx.load_model(source)
     generator = train.seed_everything(config.seed + seed_offset)
-    optimizer = train.make_optimizer(config, model, lr)
-    # A constant small learning rate over the single epoch, as in the method.
+    optimizer = train.make_optimizer(config, model, setting.lr)
+    # A constant small learning rate, as in the method.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     mean = ctx.bundle.mean
+    val = ctx.bundle.splits["val"]
+    labels, groups = val.labels.numpy(), None if val.groups is None else val.groups.numpy()
+    path: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
 
     def mask_batch(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return masking.apply_masks(images, masks[index], fill=config.fill, mean=mean)
+        return masking.apply_masks(images, masks[index], fill=setting.fill, mean=mean)
 
-    def on_step(step: int, steps: int, loss: float) -> None:
-        if step % max(steps // 20, 1) == 0:
-            ctx.run.append_event(
-                {"stage": stage, "kind": "step", "epoch": step / steps, "loss": loss, "lr": lr}
-            )
-        ctx.progress.update((progress[0] + step / steps) / progress[1], epoch=1, epochs=1)
+    def check(epoch: float) -> None:
+        probs = val_probs(ctx, model)
+        score = verdict.selection_score(probs, labels, groups)
+        path.append({"epoch": round(epoch, 4), "val_score": score.as_dict()})
+        if not best or not keep_best or score.beats(best["score"]):
+            best.update(score=score, probs=probs, epoch=epoch)
+            best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    stats = train.train_epoch(
-        model,
-        train.BatchSource(split.images, split.labels, transform=mask_batch),
-        optimizer=optimizer,
-        scheduler=scheduler,
-        batch_size=config.batch_size,
-        augment=ctx.bundle.augment,
-        device=ctx.device,
-        generator=generator,
-        on_step=on_step,
-        should_stop=ctx.check_stop,
-    )
-    val = validation_scores(ctx, model)
-    ctx.run.append_event(
-        {
-            "stage": stage,
-            "kind": "epoch",
-            "epoch": 1,
-            "lr": lr,
-            **_prefixed("train", stats),
-            **_prefixed("val", val),
-        }
-    )
+    fractions = _check_points(setting.checks if keep_best else 1)
+    for epoch in range(setting.epochs):
+
+        def on_step(step: int, steps: int, loss: float, epoch: int = epoch) -> None:
+            if step % max(steps // 20, 1) == 0:
+                ctx.run.append_event(
+                    {
+                        "stage": stage,
+                        "kind": "step",
+                        "epoch": epoch + step / steps,
+                        "loss": loss,
+                        "lr": setting.lr,
+                    }
+                )
+            done = (progress[0] + (epoch + step / steps) / setting.epochs) / progress[1]
+            ctx.progress.update(done, epoch=epoch + 1, epochs=setting.epochs)
+            if step in {max(1, round(f * steps)) for f in fractions}:
+                check(epoch + step / steps)
+
+        stats = train.train_epoch(
+            model,
+            train.BatchSource(split.images, split.labels, transform=mask_batch),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            batch_size=config.batch_size,
+            augment=ctx.bundle.augment,
+            device=ctx.device,
+            generator=generator,
+            on_step=on_step,
+            should_stop=ctx.check_stop,
+        )
+        ctx.run.append_event(
+            {
+                "stage": stage,
+                "kind": "epoch",
+                "epoch": epoch + 1,
+                "lr": setting.lr,
+                **_prefixed("train", stats),
+                **_prefixed("val", validation_scores(ctx, model)),
+            }
+        )
     if distributed.is_main():
+        model.load_state_dict(best["state"])
         models.save_state(model, ctx.run.checkpoint_path(target))
-    return val_probs(ctx, model)
+    return FinetuneResult(best["probs"], round(best["epoch"], 4), path)
+
+
+def _check_points(checks: int) -> list[float]:
+    """Fractions of an epoch where val is checked: ``checks`` evenly spaced, the last at the epoch's end."""
+    return [k / checks for k in range(1, checks + 1)]
 
 
 def val_probs(ctx: Context, model: torch.nn.Module) -> np.ndarray:
@@ -433,11 +478,12 @@ def val_probs(ctx: Context, model: torch.nn.Module) -> np.ndarray:
 
 
 def stage_finetune(ctx: Context, iteration: int) -> None:
-    """Finetune one candidate per learning rate from the same model and masks, then keep the best on val.
+    """Finetune one candidate per setting (learning rate x fill) from the same model and masks, then keep
+    the best on val.
 
-    With ``finetune_selection == "val"`` the model the finetunes start from is a candidate too: if no
-    finetune beats it on val, the run keeps it, and the verdict says so. Candidates already on disk (a
-    resumed run) are not trained again.
+    With ``finetune_selection == "val"`` each candidate keeps its best val check, and the model the
+    finetunes start from is a candidate too: if no finetune beats it on val, the run keeps it, and the
+    verdict says so. Candidates already on disk (a resumed run) are not trained again.
     """
     config, run = ctx.config, ctx.run
     source = "erm" if iteration == 1 else f"masktune_{iteration - 1}"
@@ -456,26 +502,32 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
             val_probs(ctx, ctx.load_model(source)), labels, groups
         ).as_dict()
         entries["mask_effect"] = candidates.mask_effect(ctx, source, ctx.masks(f"iter{iteration}"))
-    lrs = config.finetune_lrs if config.finetune_selection == "val" else config.finetune_lrs[:1]
+    settings = candidates.candidate_settings(config)
     done = {c["name"] for c in entries["candidates"]}
-    for k, lr in enumerate(lrs):
-        name = candidates.candidate_name(iteration, lr)
+    for k, setting in enumerate(settings):
+        name = candidates.candidate_name(iteration, setting)
         if name in done and run.checkpoint_path(name).exists():
             continue
-        probs = finetune(
+        result = finetune(
             ctx,
             source,
             ctx.masks(f"iter{iteration}"),
             name,
             f"finetune_{iteration}",
             iteration,
-            lr,
-            (k, len(lrs)),
+            setting,
+            (k, len(settings)),
+            keep_best=config.finetune_selection == "val",
         )
-        score = verdict.selection_score(probs, labels, groups)
+        score = verdict.selection_score(result.val_probs, labels, groups)
         entries["candidates"] = [c for c in entries["candidates"] if c["name"] != name]
         entries["candidates"].append(
-            {"name": name, "settings": {"finetune_lr": lr}, "val_score": score.as_dict()}
+            {
+                "name": name,
+                "settings": {**setting.as_dict(), "kept_epoch": result.epoch},
+                "val_score": score.as_dict(),
+                "path": result.path,
+            }
         )
         save_record()
     # Every rank scored the candidates on the same gathered val probabilities, so all keep the same one.
@@ -499,12 +551,15 @@ def stage_randmask(ctx: Context) -> None:
     if distributed.is_main():
         chunks = torch.arange(len(masks)).split(ctx.config.batch_size)
         masking.save_masks(ctx.run.masks_path("randmask"), (random_masks[i] for i in chunks), masks.shape)
-    # RandMask is finetuned at the learning rate the first iteration chose, so only the masks differ.
-    chosen = candidates.candidate_record(ctx.run).get("1", {}).get("selected", "")
-    lrs = {candidates.candidate_name(1, lr): lr for lr in ctx.config.finetune_lrs}
-    finetune(
-        ctx, "erm", random_masks, "randmask", "randmask", 100, lrs.get(chosen, ctx.config.finetune_lrs[0])
-    )
+    # RandMask is finetuned as the candidate the first iteration chose (the first when it kept ERM), for as
+    # many epochs as that candidate kept, so only the masks differ.
+    first = candidates.candidate_record(ctx.run).get("1", {})
+    kept = {c["name"]: c["settings"] for c in first.get("candidates", [])}.get(first.get("selected"))
+    settings = candidates.candidate_settings(ctx.config)
+    setting = next((s for s in settings if kept and s.as_dict().items() <= kept.items()), settings[0])
+    if kept:
+        setting = dataclasses.replace(setting, epochs=max(1, math.ceil(kept["kept_epoch"])))
+    finetune(ctx, "erm", random_masks, "randmask", "randmask", 100, setting)
 
 
 def stage_evaluate(ctx: Context) -> None:
