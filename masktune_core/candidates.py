@@ -113,6 +113,13 @@ def run_verdict(
     result["kept_source"] = first.get("selected") == first.get("source")
     result["mask_effect"] = first.get("mask_effect")
     notes = []
+    checks = sum(len(c.get("path") or [None]) for c in first.get("candidates", []))
+    if checks > 1 and not result["kept_source"]:
+        notes.append(
+            f"Val chose this model among {checks} candidate checks, and the verdict is judged on the same "
+            "val split, so its gain leans optimistic; the test split, never used to choose, is the "
+            "unbiased check."
+        )
     if result["kept_source"]:
         notes.append(
             "No finetune candidate beat ERM on val, so the run keeps ERM's weights as its MaskTune model."

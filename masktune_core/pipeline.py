@@ -7,8 +7,6 @@ saves a training state (model, optimizer, scheduler, RNG) every epoch and resume
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import time
 import traceback
@@ -551,15 +549,14 @@ def stage_randmask(ctx: Context) -> None:
     if distributed.is_main():
         chunks = torch.arange(len(masks)).split(ctx.config.batch_size)
         masking.save_masks(ctx.run.masks_path("randmask"), (random_masks[i] for i in chunks), masks.shape)
-    # RandMask is finetuned as the candidate the first iteration chose (the first when it kept ERM), for as
-    # many epochs as that candidate kept, so only the masks differ.
+    # RandMask is finetuned as the candidate the first iteration chose (the first when it kept ERM), with the
+    # same choice of its best val check, so only the masks differ.
     first = candidates.candidate_record(ctx.run).get("1", {})
     kept = {c["name"]: c["settings"] for c in first.get("candidates", [])}.get(first.get("selected"))
     settings = candidates.candidate_settings(ctx.config)
     setting = next((s for s in settings if kept and s.as_dict().items() <= kept.items()), settings[0])
-    if kept:
-        setting = dataclasses.replace(setting, epochs=max(1, math.ceil(kept["kept_epoch"])))
-    finetune(ctx, "erm", random_masks, "randmask", "randmask", 100, setting)
+    keep_best = ctx.config.finetune_selection == "val"
+    finetune(ctx, "erm", random_masks, "randmask", "randmask", 100, setting, keep_best=keep_best)
 
 
 def stage_evaluate(ctx: Context) -> None:

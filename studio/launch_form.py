@@ -21,6 +21,8 @@ from masktune_core.errors import ConfigError, MaskTuneError
 # The pages show each queued run's place in line; the engine's job queue is the one place that orders it.
 from masktune_core.jobs import queue_positions as queue_positions
 from masktune_core.runs import ACTIVE_STATES, Run, RunStore
+from studio.finetune_inputs import LABELS as FINETUNE_LABELS
+from studio.finetune_inputs import finetune_inputs
 
 DEFAULTS = RunConfig()
 
@@ -36,7 +38,7 @@ LABELS = {
     "optimizer": "Optimizer",
     "lr": "ERM learning rate",
     "finetune_lr": "Finetune learning rate",
-    "finetune_lrs": "Finetune learning rates (candidates)",
+    **FINETUNE_LABELS,
     "finetune_selection": "Finetune choice",
     "patience": "Early-stopping patience (epochs)",
     "cam_method": "Saliency method",
@@ -92,6 +94,7 @@ def recipe_defaults(name: str) -> dict[str, Any]:
 
     recipe = recipe_for(name).as_dict()
     recipe.setdefault("finetune_lrs", (recipe["finetune_lr"],))
+    recipe.setdefault("finetune_fills", (DEFAULTS.fill,))
     return recipe
 
 
@@ -215,17 +218,10 @@ def experiment_form(choice: DatasetChoice, data_dir: str | None, download: bool)
             index=config_lib.OPTIMIZERS.index(recipe["optimizer"]),
             key=key("optimizer"),
         )
-        left, right = st.columns(2)
-        values["lr"] = left.number_input(
+        values["lr"] = st.number_input(
             LABELS["lr"], value=float(recipe["lr"]), step=0.001, format="%g", key=key("lr")
         )
-        values["finetune_lrs"] = right.text_input(
-            LABELS["finetune_lrs"],
-            value=",".join(f"{lr:g}" for lr in recipe["finetune_lrs"]),
-            key=key("finetune_lrs"),
-            help="MaskTune finetunes one epoch on the masked images at each of these learning rates "
-            "(comma-separated) and keeps the best on val, or ERM when none beats it.",
-        )
+        values.update(finetune_inputs(recipe, key))
         with st.expander("Advanced"):
             values.update(_advanced_inputs(choice, key))
         submitted = st.form_submit_button("Launch", type="primary", icon=":material/rocket_launch:")

@@ -51,6 +51,8 @@ def candidates_table(metrics: dict[str, Any]) -> None:
         row = {
             "candidate": candidate["name"],
             "finetune lr": candidate["settings"].get("finetune_lr"),
+            "fill": candidate["settings"].get("fill", "black"),
+            "kept epoch": candidate["settings"].get("kept_epoch", 1.0),
             "kept": candidate["selected"],
             "val score": 100 * candidate["val_score"]["value"],
         }
@@ -62,9 +64,9 @@ def candidates_table(metrics: dict[str, Any]) -> None:
     metric = METRIC_TEXT[candidates[0]["val_score"]["metric"]]
     st.markdown("#### Finetune candidates")
     st.caption(
-        "Each candidate finetunes the same ERM model on the same masks; the run keeps the one with the "
-        f"best val {metric} (the 'val score'), or ERM itself when none beats it. Test numbers are shown, "
-        "never used."
+        "Each candidate finetunes the same ERM model on the same masks with its learning rate and fill, and "
+        "keeps its best val check ('kept epoch'); the run keeps the candidate with the best val "
+        f"{metric} (the 'val score'), or ERM itself when none beats it. Test numbers are shown, never used."
     )
     st.dataframe(
         pd.DataFrame(rows),

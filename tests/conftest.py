@@ -32,6 +32,8 @@ TINY_RUN = {
     "randmask": True,
     # Two finetune candidates chosen on val, so the candidate and verdict paths run in every page test.
     "finetune_lrs": [0.01, 0.001],
+    # Two val checks in the finetune epoch, so each candidate keeps its better one.
+    "finetune_checks": 2,
     "finetune_selection": "val",
     "name": "tiny",
     "seed": 0,

@@ -58,6 +58,12 @@ def test_the_form_holds_the_datasets_recipe_and_follows_a_dataset_change(empty_s
     assert field(at, "selectbox", "backbone", "waterbirds").value == waterbirds["backbone"]
     # waterbirds' recipe leaves the rule to the method's own mu + 2 sigma
     assert field(at, "selectbox", "threshold_rule", "waterbirds").value == "mean+2std"
+    # ... and its finetune candidates: every fill and learning rate, trained epochs with val checks
+    assert field(at, "multiselect", "finetune_fills", "waterbirds").value == list(
+        waterbirds["finetune_fills"]
+    )
+    assert field(at, "number_input", "finetune_epochs", "waterbirds").value == waterbirds["finetune_epochs"]
+    assert field(at, "number_input", "finetune_checks", "waterbirds").value == waterbirds["finetune_checks"]
     assert "launch.waterbirds.data_dir" in [t.key for t in at.text_input]
     assert "launch.waterbirds.train_copies" not in [n.key for n in at.number_input]
     assert "launch.waterbirds.square_size" not in [n.key for n in at.number_input]

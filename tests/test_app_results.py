@@ -150,6 +150,10 @@ def test_the_verdict_comes_first_and_every_candidate_is_shown(finished_store: Ru
     test = metrics["main_test_split"]
     for row, candidate in zip(table.to_dict("records"), metrics["candidates"], strict=True):
         assert row["kept"] == candidate["selected"]
+        assert (row["fill"], row["kept epoch"]) == (
+            candidate["settings"]["fill"],
+            candidate["settings"]["kept_epoch"],
+        )
         assert row[f"{test} worst-group"] == pytest.approx(
             round(100 * candidate["splits"][test]["worst_group_accuracy"], 1)
         )

@@ -167,6 +167,18 @@ def test_blur_fill_takes_the_blurred_pixels() -> None:
     assert torch.equal(out[0][:, ~masks[0]], images[0][:, ~masks[0]])
 
 
+def test_swap_fill_takes_the_previous_images_pixels() -> None:
+    images = torch.stack([torch.full((3, 8, 8), v, dtype=torch.uint8) for v in (10, 20, 30)])
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[:, 1:3, 2:5] = True
+    out = apply_masks(images, masks, "swap")
+    for i, donor in enumerate((30, 10, 20)):  # image 0 takes the last one's pixels
+        assert (out[i][:, masks[i]] == donor).all()
+        assert (out[i][:, ~masks[i]] == images[i, 0, 0, 0]).all()
+    single = apply_masks(images[:1], masks[:1], "swap")
+    assert torch.equal(single, images[:1])  # a batch of one has no other image
+
+
 def test_unknown_fill_is_a_config_error() -> None:
     images, masks = _images()
     with pytest.raises(ConfigError) as err:

@@ -87,6 +87,7 @@ def _fake_run(store: RunStore, job: runner.Job, scores: dict, extra: dict | None
     }
     write_json(run.file("metrics.json"), {"splits": splits, **(extra or {})})
     events = [*_epochs([0.8, 0.5, 0.55]), {"stage": "erm", "kind": "timing", "seconds": 40.0}]
+    events.append({"stage": "finetune_1", "kind": "timing", "seconds": 10.0})
     events.append({"stage": "evaluate", "kind": "timing", "seconds": 2.0})
     run.file("events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
     run.update_status(state="done" if done else "failed")
@@ -131,7 +132,8 @@ def test_report_on_a_fake_run_store(tmp_path: Path, suite_data: Path):
     assert "| `default` | 12 | – |" in page and "not run" in page
     assert "| `default` | 10 | lr-1e-3 | finetune_lr=0.001 | **yes** | 61.0 | 80.0 | – | – |" in page
     assert "| `default` | 10 | 3 | 0.500 (epoch 2) | 0.550 | 1.10 | 1 |" in page
-    assert "42 s" in page
+    assert "52 s" in page
+    assert "median 0.25× the wall time of the ERM stage (range 0.25–0.25×, 2 runs)" in summary
     assert "### Held-out seeds 10, 11, 12" in page and "### Tuning seeds 0" in page
     tuning = page.split("### Tuning seeds 0")[1]
     assert "| `default` | 0 | – |" in tuning  # the topk run of seed 0 is not the default variant's

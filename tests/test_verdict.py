@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from masktune_core import candidates, pipeline, verdict
+from masktune_core import candidates, models, pipeline, train, verdict
 from masktune_core.config import RunConfig
+from masktune_core.data import build_dataset
 from masktune_core.errors import ConfigError
 from masktune_core.recipes import FROM_SCRATCH, recipe_for
 
@@ -103,7 +104,8 @@ def test_recipes_are_keyed_by_regime_for_folder_datasets() -> None:
         FROM_SCRATCH.lr,
         FROM_SCRATCH.patience,
     )
-    assert len(scratch.finetune_lrs) > 1
+    assert len(scratch.finetune_lrs) * len(scratch.finetune_fills) > 1
+    assert scratch.finetune_checks > 1 and scratch.finetune_epochs > 1
     pretrained = recipe_for("waterbirds", "resnet50", pretrained="weights.pt")
     assert (pretrained.optimizer, pretrained.lr, pretrained.finetune_lr) == ("sgd", 0.001, 0.0001)
     assert recipe_for("biased-digits").finetune_selection == "none"
@@ -116,12 +118,28 @@ def test_a_finetune_lr_given_alone_is_the_only_candidate_and_lists_parse() -> No
     assert json.loads(json.dumps(config.to_dict()))["finetune_lrs"] == [0.001, 0.0001]
 
 
+def test_fills_resolve_like_learning_rates() -> None:
+    scratch = {"dataset": "waterbirds", "data_dir": "."}
+    assert RunConfig.from_dict(scratch).resolved().finetune_fills == FROM_SCRATCH.finetune_fills
+    # --fill given alone is the only fill; --finetune-fills lists them; the method's datasets keep black.
+    assert RunConfig.from_dict({**scratch, "fill": "blur"}).resolved().finetune_fills == ("blur",)
+    listed = RunConfig.from_dict({**scratch, "finetune_fills": "swap, mean"}).resolved()
+    assert listed.finetune_fills == ("swap", "mean")
+    assert json.loads(json.dumps(listed.to_dict()))["finetune_fills"] == ["swap", "mean"]
+    assert RunConfig(dataset="biased-digits").resolved().finetune_fills == ("black",)
+
+
 @pytest.mark.parametrize(
     ("values", "field"),
     [
         ({"finetune_lrs": "0.001,abc"}, "finetune_lrs"),
         ({"finetune_lrs": "0.001,-1"}, "finetune_lrs"),
         ({"finetune_lrs": ",".join(["0.001"] * 7)}, "finetune_lrs"),
+        ({"finetune_lrs": "0.1,0.01,0.001", "finetune_fills": "black,swap,mean"}, "finetune_lrs"),
+        ({"finetune_fills": "black,paint"}, "finetune_fills"),
+        ({"finetune_fills": "black,black"}, "finetune_fills"),
+        ({"finetune_epochs": "0"}, "finetune_epochs"),
+        ({"finetune_checks": "21"}, "finetune_checks"),
         ({"finetune_selection": "best"}, "finetune_selection"),
         ({"patience": "-1"}, "patience"),
     ],
@@ -150,6 +168,24 @@ def test_a_finished_run_keeps_every_candidate_and_its_verdict(finished_store) ->
     final = torch.load(run.checkpoint_path("masktune"), weights_only=True)
     source = torch.load(run.checkpoint_path(kept), weights_only=True)
     assert all(torch.equal(final[k], source[k]) for k in final)
+    # Each candidate holds its best val check, and its checkpoint is that check's model.
+    config = RunConfig.from_dict(run.load_config())
+    bundle = build_dataset(config.dataset, config.data_options())
+    val = bundle.splits["val"]
+    for candidate in json.loads(run.file("candidates.json").read_text())["1"]["candidates"]:
+        path = candidate["path"]
+        assert [p["epoch"] for p in path] == [0.5, 1.0]
+        best = max(path, key=lambda p: (p["val_score"]["value"], p["val_score"]["tie_break"]))
+        assert candidate["val_score"] == best["val_score"]
+        assert candidate["settings"]["kept_epoch"] == pytest.approx(best["epoch"], abs=0.02)
+        model = models.build_model(
+            config.backbone, bundle.num_classes, bundle.channels, bundle.image_size, bundle.mean, bundle.std
+        )
+        models.load_state(model, run.checkpoint_path(candidate["name"]))
+        probs = train.predict_probs(model, val.images, batch_size=256, device=torch.device("cpu"))
+        score = verdict.selection_score(probs, val.labels.numpy(), val.groups.numpy())
+        saved = candidate["val_score"]
+        assert (score.value, score.tie_break) == pytest.approx((saved["value"], saved["tie_break"]))
     result = metrics["verdict"]
     assert result["split"] == "val" and result["label"] in ("helped", "hurt", "no clear difference")
     assert result["kept_source"] == (kept == "erm")
@@ -200,3 +236,18 @@ def test_the_verdict_says_when_the_masks_hid_nothing_erm_relies_on(
     assert result["kept_source"] and result["mask_effect"] == effect
     assert any("kept ERM" in note or "keeps ERM" in note for note in result["notes"])
     assert any("masks hid little" in note for note in result["notes"]) == noted
+
+
+def test_a_kept_finetune_says_val_chose_it_among_its_checks(tmp_path) -> None:
+    from masktune_core.runs import RunStore, write_json
+
+    run = RunStore(tmp_path).create(RunConfig(dataset="digits").resolved().to_dict())
+    path = [{"epoch": 1.0, "val_score": {"metric": "worst_class_accuracy", "value": 0.5, "tie_break": 0.5}}]
+    kept = {"name": "masktune_1_black_lr0.001", "path": path * 4}
+    write_json(
+        run.file(candidates.CANDIDATES_FILE),
+        {"1": {"source": "erm", "selected": kept["name"], "candidates": [kept, {"name": "b", "path": path}]}},
+    )
+    labels = np.repeat([0, 1], 50)
+    result = candidates.run_verdict(run, 0, one_hot(labels), one_hot(labels), labels, None)
+    assert any("among 5 candidate checks" in note and "test split" in note for note in result["notes"])

@@ -7,6 +7,7 @@ defaults and nothing older. Seeds carry a role: "tuning" seeds may have been loo
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,28 @@ def summary(suite: Suite, variant: str) -> list[str]:
         "",
         f"MaskTune's mean is at least ERM's on {held} of {len(suite.cards)} datasets, and at least "
         f"{100 * CLEAR_GAIN:.0f} points above it on {clear}.",
+        "",
+        *finetune_cost(suite, variant),
+    ]
+
+
+def finetune_cost(suite: Suite, variant: str) -> list[str]:
+    """What the finetune candidates cost next to ERM: wall time of the finetune stage over the ERM stage."""
+    ratios = sorted(
+        result.stage_seconds["finetune_1"] / result.stage_seconds["erm"]
+        for (_, run_variant, _), result in suite.results.items()
+        if run_variant == variant
+        and result is not None
+        and result.stage_seconds.get("erm")
+        and "finetune_1" in result.stage_seconds
+    )
+    if not ratios:
+        return []
+    median = statistics.median(ratios)
+    return [
+        f"Cost of the finetune candidates (every run of the variant, all seeds): the finetune stage took a "
+        f"median {median:.2f}× the wall time of the ERM stage (range {ratios[0]:.2f}–{ratios[-1]:.2f}×, "
+        f"{len(ratios)} runs).",
         "",
     ]
 

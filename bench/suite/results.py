@@ -40,6 +40,7 @@ class RunResult:
     plateau: Plateau | None
     verdict: dict[str, Any] | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
 
     def score(self, split: str, model: str, measure: str) -> float | None:
         return self.scores.get((split, model, measure))
@@ -56,6 +57,15 @@ def erm_plateau(events: list[dict[str, Any]]) -> Plateau | None:
         return None
     best_epoch, best_loss = min(curve, key=lambda point: point[1])
     return Plateau(epochs=curve[-1][0], best_epoch=best_epoch, best_loss=best_loss, last_loss=curve[-1][1])
+
+
+def stage_seconds(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Each stage's wall seconds, from its timing event."""
+    return {
+        str(event["stage"]): float(event["seconds"])
+        for event in events
+        if event.get("kind") == "timing" and "seconds" in event
+    }
 
 
 def run_seconds(events: list[dict[str, Any]]) -> float | None:
@@ -88,6 +98,7 @@ def read_result(run: Run) -> RunResult | None:
         plateau=erm_plateau(events),
         verdict=verdict if isinstance(verdict, dict) else None,
         candidates=candidates if isinstance(candidates, list) else [],
+        stage_seconds=stage_seconds(events),
     )
 
 

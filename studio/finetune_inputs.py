@@ -1,0 +1,55 @@
+"""The Launch form's finetune candidates: learning rates, fills, epochs and val checks (one row)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from masktune_core import config as config_lib
+
+LABELS = {
+    "finetune_lrs": "Finetune learning rates",
+    "finetune_fills": "Finetune fills",
+    "finetune_epochs": "Finetune epochs",
+    "finetune_checks": "Val checks per epoch",
+}
+
+
+def finetune_inputs(recipe: dict[str, Any], key: Callable[[str], str]) -> dict[str, Any]:
+    """Inputs for the finetune candidates, starting at the dataset's recipe; returns the form's values."""
+    lrs, fills, epochs, checks = st.columns([3, 3, 2, 2])
+    return {
+        "finetune_lrs": lrs.text_input(
+            LABELS["finetune_lrs"],
+            value=",".join(f"{lr:g}" for lr in recipe["finetune_lrs"]),
+            key=key("finetune_lrs"),
+            help="Comma-separated. Each learning rate with each fill is one candidate finetune from the "
+            "same ERM model and masks; the run keeps the best on val, or ERM when none beats it.",
+        ),
+        "finetune_fills": fills.multiselect(
+            LABELS["finetune_fills"],
+            config_lib.FILLS,
+            default=list(recipe["finetune_fills"]),
+            key=key("finetune_fills"),
+            help="black (the paper): masked pixels become 0. swap: they take another training image's "
+            "pixels, so a cue there is seen under both labels.",
+        ),
+        "finetune_epochs": epochs.number_input(
+            LABELS["finetune_epochs"],
+            value=int(recipe["finetune_epochs"]),
+            min_value=1,
+            step=1,
+            key=key("finetune_epochs"),
+            help="1 is the method. Each candidate trains this many epochs on the masked images.",
+        ),
+        "finetune_checks": checks.number_input(
+            LABELS["finetune_checks"],
+            value=int(recipe["finetune_checks"]),
+            min_value=1,
+            step=1,
+            key=key("finetune_checks"),
+            help="How often a candidate is scored on val in each epoch; it keeps its best check.",
+        ),
+    }
