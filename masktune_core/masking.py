@@ -180,10 +180,12 @@ def apply_masks(
 
     "black": masked pixels become 0 in raw pixel space (the method); "mean": the dataset mean colour
     (``mean`` per channel on the [0, 1] scale); "blur": the same pixels of a Gaussian-blurred copy, with
-    a kernel about a quarter of the image size; "swap": the same pixels of the batch's previous image (the
-    first takes the last's), so the hidden region still holds image content, but content that no longer
-    goes with the label: a cue the model learnt there is seen under both labels instead of never. Works on
-    the images' device; call it per (shuffled) batch. A batch of one image keeps it as it is.
+    a kernel about a quarter of the image size. Two fills move content between the images of a (shuffled)
+    batch, each image taking from the one before it (the first from the last), so that what the model
+    learnt in a masked region is seen under any label instead of never: "swap", the masked pixels take the
+    previous image's pixels at the same place; "transplant", the masked pixels become 0 and the previous
+    image's masked pixels (its salient region) are pasted at their own place. A batch of one image keeps
+    its own pixels under both. Works on the images' device; call it per batch.
     """
     check_choice("fill", fill)
     if images_uint8.shape[0] != masks.shape[0] or images_uint8.shape[-2:] != masks.shape[-2:]:
@@ -198,6 +200,9 @@ def apply_masks(
         return torch.where(hidden, colour.view(1, -1, 1, 1), images_uint8)
     if fill == "swap":
         return torch.where(hidden, images_uint8.roll(1, 0), images_uint8)
+    if fill == "transplant":
+        blacked = images_uint8.masked_fill(hidden, 0)
+        return torch.where(hidden.roll(1, 0), images_uint8.roll(1, 0), blacked)
     return torch.where(hidden, _blurred(images_uint8), images_uint8)
 
 
