@@ -179,6 +179,22 @@ def test_swap_fill_takes_the_previous_images_pixels() -> None:
     assert torch.equal(single, images[:1])  # a batch of one has no other image
 
 
+def test_transplant_fill_blacks_out_and_pastes_the_previous_images_masked_pixels() -> None:
+    images = torch.stack([torch.full((3, 8, 8), v, dtype=torch.uint8) for v in (10, 20, 30)])
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, 0:2, 0:2] = True  # image 0's salient corner goes to image 1
+    masks[1, 5:7, 5:7] = True
+    masks[2, 0:2, 6:8] = True
+    out = apply_masks(images, masks, "transplant")
+    for i, donor in enumerate((2, 0, 1)):
+        pasted, own = masks[donor], masks[i] & ~masks[donor]
+        assert (out[i][:, pasted] == images[donor, 0, 0, 0]).all()
+        assert (out[i][:, own] == 0).all()
+        untouched = ~(masks[i] | masks[donor])
+        assert (out[i][:, untouched] == images[i, 0, 0, 0]).all()
+    assert torch.equal(apply_masks(images[:1], masks[:1], "transplant"), images[:1])
+
+
 def test_unknown_fill_is_a_config_error() -> None:
     images, masks = _images()
     with pytest.raises(ConfigError) as err:

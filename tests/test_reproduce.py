@@ -133,9 +133,12 @@ def test_every_run_keeps_its_dataset_recipe_and_ablations_start_from_their_seeds
     names = [job.name for job in jobs]
     assert len(names) == len(set(names))
     for job in jobs:
-        recipe = RunConfig.from_dict({"dataset": job.dataset}).resolved().to_dict()
-        if job.study == "ablation":  # an ablation changes its own option only, which may be a recipe key
-            recipe.update(study.ABLATIONS[job.variant][1])
+        values = {"dataset": job.dataset}
+        if job.study == "shortcut":  # the paper's fill, whatever the demo recipe uses
+            values["finetune_fills"] = study.SHORTCUT_SWITCHES["finetune_fills"]
+        if job.study == "ablation":  # an ablation changes its own options only, which may be recipe keys
+            values.update(study.ABLATIONS[job.variant][1])
+        recipe = RunConfig.from_dict(values).resolved().to_dict()
         assert {k: job.config[k] for k in RECIPE_KEYS} == {k: recipe[k] for k in RECIPE_KEYS}
         assert job.config["seed"] == job.seed
     ablations = [job for job in jobs if job.study == "ablation"]
