@@ -121,12 +121,13 @@ def test_a_finetune_lr_given_alone_is_the_only_candidate_and_lists_parse() -> No
 def test_fills_resolve_like_learning_rates() -> None:
     scratch = {"dataset": "waterbirds", "data_dir": "."}
     assert RunConfig.from_dict(scratch).resolved().finetune_fills == FROM_SCRATCH.finetune_fills
-    # --fill given alone is the only fill; --finetune-fills lists them; the method's datasets keep black.
+    # --fill given alone is the only fill; --finetune-fills lists them; the demo recipe transplants.
     assert RunConfig.from_dict({**scratch, "fill": "blur"}).resolved().finetune_fills == ("blur",)
     listed = RunConfig.from_dict({**scratch, "finetune_fills": "swap, mean"}).resolved()
     assert listed.finetune_fills == ("swap", "mean")
     assert json.loads(json.dumps(listed.to_dict()))["finetune_fills"] == ["swap", "mean"]
-    assert RunConfig(dataset="biased-digits").resolved().finetune_fills == ("black",)
+    assert RunConfig(dataset="biased-digits").resolved().finetune_fills == ("transplant",)
+    assert RunConfig(dataset="biased-mnist").resolved().finetune_fills == ("black",)
 
 
 @pytest.mark.parametrize(
