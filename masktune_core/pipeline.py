@@ -158,6 +158,29 @@ class Context:
         )
         return probs, result
 
+    def train_epoch(
+        self,
+        model: torch.nn.Module,
+        source: train.BatchSource,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        generator: torch.Generator,
+        on_step: Callable[[int, int, float], None],
+    ) -> dict[str, float]:
+        """One epoch with the run's batch size, augmentation and device, stopping when asked."""
+        return train.train_epoch(
+            model,
+            source,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            batch_size=self.config.batch_size,
+            augment=self.bundle.augment,
+            device=self.device,
+            generator=generator,
+            on_step=on_step,
+            should_stop=self.check_stop,
+        )
+
     def masks(self, name: str) -> masking.PackedMasks:
         if name not in self._masks:
             self._masks[name] = masking.load_packed_masks(self.run.masks_path(name))
@@ -239,18 +262,7 @@ def stage_erm(ctx: Context) -> None:
                 )
             ctx.progress.update((epoch + step / steps) / config.epochs, epoch=epoch + 1, epochs=config.epochs)
 
-        stats = train.train_epoch(
-            model,
-            source,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            batch_size=config.batch_size,
-            augment=ctx.bundle.augment,
-            device=ctx.device,
-            generator=generator,
-            on_step=on_step,
-            should_stop=ctx.check_stop,
-        )
+        stats = ctx.train_epoch(model, source, optimizer, scheduler, generator, on_step)
         val = validation_scores(ctx, model)
         score = val["worst_group_accuracy"] if config.selection == "worst_group" else val["accuracy"]
         improved = score is not None and (score, -val["loss"]) > best
@@ -436,18 +448,8 @@ def finetune(
             if step in {max(1, round(f * steps)) for f in fractions}:
                 check(epoch + step / steps)
 
-        stats = train.train_epoch(
-            model,
-            train.BatchSource(split.images, split.labels, transform=mask_batch),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            batch_size=config.batch_size,
-            augment=ctx.bundle.augment,
-            device=ctx.device,
-            generator=generator,
-            on_step=on_step,
-            should_stop=ctx.check_stop,
-        )
+        source = train.BatchSource(split.images, split.labels, transform=mask_batch)
+        stats = ctx.train_epoch(model, source, optimizer, scheduler, generator, on_step)
         ctx.run.append_event(
             {
                 "stage": stage,

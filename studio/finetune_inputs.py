@@ -36,20 +36,25 @@ def finetune_inputs(recipe: dict[str, Any], key: Callable[[str], str]) -> dict[s
             help="black (the paper): masked pixels become 0. swap: they take another training image's "
             "pixels, so a cue there is seen under both labels.",
         ),
-        "finetune_epochs": epochs.number_input(
-            LABELS["finetune_epochs"],
-            value=int(recipe["finetune_epochs"]),
-            min_value=1,
-            step=1,
-            key=key("finetune_epochs"),
-            help="1 is the method. Each candidate trains this many epochs on the masked images.",
+        **_count(
+            epochs,
+            "finetune_epochs",
+            recipe,
+            key,
+            "1 is the method. Each candidate trains this many epochs on the masked images.",
         ),
-        "finetune_checks": checks.number_input(
-            LABELS["finetune_checks"],
-            value=int(recipe["finetune_checks"]),
-            min_value=1,
-            step=1,
-            key=key("finetune_checks"),
-            help="How often a candidate is scored on val in each epoch; it keeps its best check.",
+        **_count(
+            checks,
+            "finetune_checks",
+            recipe,
+            key,
+            "How often a candidate is scored on val in each epoch; it keeps its best check.",
         ),
     }
+
+
+def _count(where: Any, field: str, recipe: dict[str, Any], key: Callable[[str], str], help: str) -> dict:
+    value = where.number_input(
+        LABELS[field], value=int(recipe[field]), min_value=1, step=1, key=key(field), help=help
+    )
+    return {field: value}
