@@ -43,7 +43,13 @@ def mask_source(config: dict[str, Any], split: str) -> str:
         if split == "train"
         else f"The finetune never saw {split}; its masks are computed now with the run's settings"
     )
-    return f"{source}: {config['cam_method']} of the ERM model, threshold rule {rule}, fill {config['fill']}."
+    text = f"{source}: {config['cam_method']} of the ERM model, threshold rule {rule}"
+    text += f", shown with fill {config['fill']}."
+    fills = config.get("finetune_fills") or [config["fill"]]
+    if list(fills) != [config["fill"]]:
+        # swap and transplant take pixels from another image of the batch, so one image alone cannot show them
+        text += f" The finetune candidates used the fills {', '.join(fills)} (Results: which one was kept)."
+    return text
 
 
 def outcome_mask(outcome: str, erm_ok: np.ndarray, mt_ok: np.ndarray) -> np.ndarray:

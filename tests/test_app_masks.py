@@ -222,3 +222,13 @@ def test_matching_applies_every_filter_together() -> None:
     assert match(erm_range=(0.8, 1.0)) == []
     first, shown = masks_grid.page_slice(np.arange(10), 2, 4)
     assert first == 4 and shown.tolist() == [4, 5, 6, 7]
+
+
+def test_the_mask_caption_names_the_fills_the_finetune_candidates_used() -> None:
+    from studio import masks_grid
+
+    config = {"threshold_rule": "mean+2std", "cam_method": "xgradcam", "fill": "black"}
+    alone = masks_grid.mask_source({**config, "finetune_fills": ["black"]}, "train")
+    assert alone.endswith("shown with fill black.")
+    several = masks_grid.mask_source({**config, "finetune_fills": ["black", "transplant"]}, "val")
+    assert "The finetune never saw val" in several and "used the fills black, transplant" in several
