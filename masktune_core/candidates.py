@@ -58,7 +58,8 @@ def candidate_record(run: Run) -> dict[str, Any]:
 
 
 def choose_candidate(entries: dict[str, Any], selection: str) -> str:
-    """The best candidate on val; with selection "val", the source model unless a candidate beats it."""
+    """The best candidate on val; with selection "val", the source model unless a candidate beats it (the
+    pipeline then keeps the candidate only if the gain is clear, see ``stage_finetune``)."""
     scored = [(verdict.Score(**c["val_score"]), c["name"]) for c in entries["candidates"]]
     best_score, best_name = scored[0]
     for score, name in scored[1:]:
@@ -67,6 +68,28 @@ def choose_candidate(entries: dict[str, Any], selection: str) -> str:
     if selection == "val" and not best_score.beats(verdict.Score(**entries["source_score"])):
         return entries["source"]
     return best_name
+
+
+def confirm_gain(
+    entries: dict[str, Any],
+    best: str,
+    source_probs: np.ndarray,
+    best_probs: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    seed: int,
+) -> str:
+    """``best`` if its gain over the source model on val is clear, else the source; records why.
+
+    The best of many candidate checks beats the source on val by chance alone now and then, so a candidate
+    replaces it only when the verdict's paired bootstrap interval on val lies above 0. A cue no mask can
+    hide (a colour cast) then leaves the run with ERM, unharmed."""
+    check = verdict.judge(source_probs, best_probs, labels, groups, seed=seed)
+    entries["best_candidate"] = {
+        "name": best,
+        **{key: check[key] for key in ("label", "metric", "difference", "interval")},
+    }
+    return best if check["label"] == "helped" else entries["source"]
 
 
 MASK_EFFECT_SAMPLES = 2048
@@ -120,7 +143,16 @@ def run_verdict(
             "val split, so its gain leans optimistic; the test split, never used to choose, is the "
             "unbiased check."
         )
-    if result["kept_source"]:
+    if result["kept_source"] and first.get("best_candidate"):
+        best = first["best_candidate"]
+        low, high = (100 * bound for bound in best["interval"])
+        gain = f"{100 * best['difference']:+.1f} points of {verdict.METRIC_TEXT[best['metric']]}"
+        notes.append(
+            f"The best finetune candidate, {best['name']}, beat ERM on val by {gain}, but its 95% interval "
+            f"({low:+.1f} to {high:+.1f}) is not above 0: no clear gain, so the run keeps ERM's weights as "
+            "its MaskTune model."
+        )
+    elif result["kept_source"]:
         notes.append(
             "No finetune candidate beat ERM on val, so the run keeps ERM's weights as its MaskTune model."
         )

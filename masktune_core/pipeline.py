@@ -504,6 +504,7 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
         entries["mask_effect"] = candidates.mask_effect(ctx, source, ctx.masks(f"iter{iteration}"))
     settings = candidates.candidate_settings(config)
     done = {c["name"] for c in entries["candidates"]}
+    val_probs_of: dict[str, np.ndarray] = {}
     for k, setting in enumerate(settings):
         name = candidates.candidate_name(iteration, setting)
         if name in done and run.checkpoint_path(name).exists():
@@ -520,6 +521,7 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
             keep_best=config.finetune_selection == "val",
         )
         score = verdict.selection_score(result.val_probs, labels, groups)
+        val_probs_of[name] = result.val_probs
         entries["candidates"] = [c for c in entries["candidates"] if c["name"] != name]
         entries["candidates"].append(
             {
@@ -532,12 +534,21 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
         save_record()
     # Every rank scored the candidates on the same gathered val probabilities, so all keep the same one.
     kept = candidates.choose_candidate(entries, config.finetune_selection)
+    if config.finetune_selection == "val" and kept != source:
+        best_probs = val_probs_of.get(kept)
+        if best_probs is None:  # trained before a resume
+            best_probs = val_probs(ctx, ctx.load_model(kept))
+        source_probs = val_probs(ctx, ctx.load_model(source))
+        kept = candidates.confirm_gain(entries, kept, source_probs, best_probs, labels, groups, config.seed)
     entries["selected"] = kept
     save_record()
-    run.log(
-        f"finetune {iteration}: kept {kept}"
-        + (" (no finetune candidate beat it on val)" if kept == source else " (best on val)")
-    )
+    if kept != source:
+        reason = " (best on val, a clear gain)"
+    elif "best_candidate" in entries:
+        reason = f" (the best candidate, {entries['best_candidate']['name']}, was no clear gain on val)"
+    else:
+        reason = " (no finetune candidate beat it on val)"
+    run.log(f"finetune {iteration}: kept {kept}{reason}")
     if distributed.is_main():
         models.save_state(ctx.load_model(kept), ctx.run.checkpoint_path(f"masktune_{iteration}"))
     if iteration == config.iterations and distributed.is_main():

@@ -252,3 +252,44 @@ def test_a_kept_finetune_says_val_chose_it_among_its_checks(tmp_path) -> None:
     labels = np.repeat([0, 1], 50)
     result = candidates.run_verdict(run, 0, one_hot(labels), one_hot(labels), labels, None)
     assert any("among 5 candidate checks" in note and "test split" in note for note in result["notes"])
+
+
+@pytest.mark.parametrize(("fixed", "kept"), [(12, "erm"), (48, "masktune_1_black_lr0.001")])
+def test_a_candidate_replaces_erm_only_with_a_clear_gain_on_val(fixed: int, kept: str) -> None:
+    # 4 groups of 100; ERM gets 50 of group 3 right. The candidate fixes ``fixed`` of its errors there and
+    # breaks 8 of its right answers: +4 points is within the noise of 100 samples, +40 is not.
+    labels, groups = np.repeat([0, 0, 1, 1], 100), np.repeat([0, 1, 2, 3], 100)
+    erm_pred = labels.copy()
+    erm_pred[300:350] = 0
+    best_pred = erm_pred.copy()
+    best_pred[300 : 300 + fixed] = 1
+    best_pred[350:358] = 0
+    entries = {"source": "erm", "candidates": []}
+    name = "masktune_1_black_lr0.001"
+    assert (
+        candidates.confirm_gain(entries, name, one_hot(erm_pred), one_hot(best_pred), labels, groups, 0)
+        == kept
+    )
+    record = entries["best_candidate"]
+    assert record["name"] == name and record["difference"] == pytest.approx((fixed - 8) / 100)
+    assert record["label"] == ("helped" if kept == name else "no clear difference")
+
+
+def test_a_run_that_kept_erm_over_an_unclear_gain_says_so(tmp_path) -> None:
+    from masktune_core.runs import RunStore, write_json
+
+    run = RunStore(tmp_path).create(RunConfig(dataset="digits").resolved().to_dict())
+    best = {
+        "name": "masktune_1_swap_lr0.001",
+        "label": "no clear difference",
+        "metric": "worst_group_accuracy",
+    }
+    best |= {"difference": 0.008, "interval": [-0.02, 0.036]}
+    write_json(
+        run.file(candidates.CANDIDATES_FILE),
+        {"1": {"source": "erm", "selected": "erm", "candidates": [], "best_candidate": best}},
+    )
+    labels = np.repeat([0, 1], 50)
+    result = candidates.run_verdict(run, 0, one_hot(labels), one_hot(labels), labels, None)
+    note = next(n for n in result["notes"] if "masktune_1_swap_lr0.001" in n)
+    assert "+0.8 points" in note and "(-2.0 to +3.6)" in note and "keeps ERM's weights" in note
