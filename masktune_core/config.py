@@ -90,7 +90,9 @@ class RunConfig:
         None, "finetune candidates' learning rates, comma-separated; val chooses among them"
     )
     finetune_fills: tuple[str, ...] | None = option(
-        None, "fills the finetune candidates use, comma-separated (--fill given alone: the only one)"
+        None,
+        f"fills the finetune candidates use, comma-separated, from {', '.join(FILLS)} "
+        "(--fill given alone: the only one)",
     )
     finetune_epochs: int | None = option(None, "epochs of each masked finetune (1 is the method)")
     finetune_checks: int | None = option(
