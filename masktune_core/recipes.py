@@ -74,8 +74,9 @@ GENERIC = Recipe(
 # candidate may keep. Measured on the suite's tuning seeds 0-2 (docs/suite.md): a from-scratch network's
 # worst-group accuracy swings by tens of points between checks a quarter epoch apart while val follows
 # test within a few points at each, so a single end-of-epoch model is a lottery and val picks the point;
-# and each fill was the only one to beat ERM on some dataset and seed (black on the object-colour cue,
-# swap on the background, transplant on the corner patch), so val picks the fill too.
+# and each fill was the best on val on some dataset and seed (black on the object-colour cue, where it
+# alone beat ERM; swap on the background; transplant on the corner patch and the mark), so val picks the
+# fill too.
 FROM_SCRATCH = Recipe(
     optimizer="adam",
     lr=0.001,
