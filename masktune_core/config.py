@@ -28,6 +28,7 @@ THRESHOLD_RULES = ("mean+2std", "topk")
 FILLS = ("black", "mean", "blur", "swap", "transplant")
 SELECTIONS = ("val_accuracy", "worst_group")
 FINETUNE_SELECTIONS = ("val", "none")
+FINETUNE_STARTS = ("best", "last")
 DEVICES = ("auto", "cpu", "cuda")
 BAD_IMAGE_POLICIES = ("skip", "fail")
 SQUARE_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -103,10 +104,17 @@ class RunConfig:
         "val: keep the finetune candidate best on val, or ERM when none beats it; none: keep the first",
         choices=FINETUNE_SELECTIONS,
     )
+    finetune_start: str = option(
+        "best",
+        "best: the first finetune starts from the kept ERM checkpoint with a fresh optimizer; last: from "
+        "ERM's last epoch with its optimizer state (the reference code)",
+        choices=FINETUNE_STARTS,
+    )
     iterations: int = option(1, "rounds of mask + finetune (1 is the method; up to 10)")
     cam_method: str = option("xgradcam", "saliency method for the masks", choices=CAM_METHODS)
     threshold_rule: str | None = option(None, "which heatmap pixels to mask", choices=THRESHOLD_RULES)
     topk_percent: float = option(10.0, "percent of pixels the topk rule masks")
+    mask_dilation: int = option(0, "grow every mask by this many pixels on each side (0: as thresholded)")
     fill: str = option("black", "what masked pixels become", choices=FILLS)
     randmask: bool = option(False, "also finetune on random masks of the same area (the control)")
     # dataset protocol
@@ -254,6 +262,7 @@ class RunConfig:
         _in_range("momentum", self.momentum, 0.0, 0.999)
         _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _in_range("topk_percent", self.topk_percent, 0.1, 99.9)
+        _positive_int("mask_dilation", self.mask_dilation, lower=0, upper=16)
         check_data_options(self.data_options(), info)
         if self.data_dir is not None and not self.download and not Path(self.data_dir).is_dir():
             raise ConfigError(

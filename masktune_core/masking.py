@@ -10,9 +10,9 @@ from __future__ import annotations
 import io
 import math
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,13 +32,17 @@ def check_threshold_rule(rule: str, topk_percent: float) -> None:
         raise ConfigError("topk_percent", f"must be in (0, 100], got {topk_percent}")
 
 
-def threshold_masks(heat: Tensor, rule: str = "mean+2std", topk_percent: float = 10.0) -> Tensor:
+def threshold_masks(
+    heat: Tensor, rule: str = "mean+2std", topk_percent: float = 10.0, dilation: int = 0
+) -> Tensor:
     """Bool masks [B, H, W] from heatmaps [B, H, W], on the heat's device.
 
     "mean+2std" (the method): mask pixels whose heat exceeds mu + 2 sigma, with mu and the population
     sigma taken over the image's strictly positive pixels; an image with no positive pixel gets an
     empty mask. "topk": the ``topk_percent`` % hottest pixels (at least one), among the positive ones;
-    equal heat is broken by position (row-major), so the result is deterministic.
+    equal heat is broken by position (row-major), so the result is deterministic. ``dilation`` then
+    grows each mask by that many pixels on every side (a square structuring element), for heatmaps
+    that sit beside the cue rather than on it; an empty mask stays empty.
     """
     check_threshold_rule(rule, topk_percent)
     flat = heat.flatten(1)
@@ -53,7 +57,21 @@ def threshold_masks(heat: Tensor, rule: str = "mean+2std", topk_percent: float =
         k = max(1, round(flat.shape[1] * topk_percent / 100))
         order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :k]
         mask = torch.zeros_like(positive).scatter_(1, order, True) & positive
-    return mask.view_as(heat)
+    mask = mask.view_as(heat)
+    if dilation < 0:
+        raise ConfigError("mask_dilation", f"must be at least 0, got {dilation}")
+    if dilation:
+        window = 2 * dilation + 1
+        mask = F.max_pool2d(mask[:, None].float(), window, stride=1, padding=dilation)[:, 0] > 0
+    return mask
+
+
+def run_masks(heat: Tensor, config: Mapping[str, Any]) -> Tensor:
+    """``threshold_masks`` with a stored run config's settings (runs made before ``mask_dilation`` existed
+    had none), for the pages and reports that recompute masks the way the run did."""
+    return threshold_masks(
+        heat, config["threshold_rule"], config["topk_percent"], int(config.get("mask_dilation") or 0)
+    )
 
 
 class MaskBatch(NamedTuple):
@@ -77,6 +95,7 @@ def iter_masks(
     method: str = "xgradcam",
     rule: str = "mean+2std",
     topk_percent: float = 10.0,
+    dilation: int = 0,
     batch_size: int = 128,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
@@ -111,7 +130,7 @@ def iter_masks(
         x = batch.to(model_device, non_blocking=True).float().div_(255)
         heat, logits = heatmaps_and_logits(model, x, method=method, fast=True)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        yield MaskBatch(threshold_masks(heat, rule, topk_percent).cpu(), probs)
+        yield MaskBatch(threshold_masks(heat, rule, topk_percent, dilation).cpu(), probs)
         done += len(batch)
         if progress is not None:
             progress(done if batches is not None else min(start + batch_size, total), total)

@@ -34,6 +34,8 @@ from masktune_core.runs import (
 )
 
 MODEL_NAMES = ("erm", "masktune", "randmask")
+# ERM's training state after its last epoch (weights, optimizer, scheduler), kept for --finetune-start last.
+LAST_ERM_STATE = "erm_final_state"
 
 
 class Cancelled(Exception):
@@ -310,7 +312,10 @@ def stage_erm(ctx: Context) -> None:
             break
     distributed.barrier()  # every rank has read the training state before it goes
     if distributed.is_main():
-        state_path.unlink(missing_ok=True)
+        if config.finetune_start == "last":  # the finetune starts from it, optimizer state included
+            state_path.replace(ctx.run.checkpoint_path(LAST_ERM_STATE))
+        else:
+            state_path.unlink(missing_ok=True)
 
 
 def validation_scores(ctx: Context, model: torch.nn.Module) -> dict[str, float | None]:
@@ -343,6 +348,7 @@ def stage_masks(ctx: Context, iteration: int) -> None:
         method=config.cam_method,
         rule=config.threshold_rule,
         topk_percent=config.topk_percent,
+        dilation=config.mask_dilation,
         batch_size=config.batch_size,
         device=ctx.device,
         progress=on_batch,
@@ -410,6 +416,8 @@ def finetune(
     model = ctx.load_model(source)
     generator = train.seed_everything(config.seed + seed_offset)
     optimizer = train.make_optimizer(config, model, setting.lr)
+    if source == "erm" and config.finetune_start == "last":
+        carry_last_erm_state(ctx, model, optimizer, setting.lr)
     # A constant small learning rate, as in the method.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     mean = ctx.bundle.mean
@@ -464,6 +472,25 @@ def finetune(
         model.load_state_dict(best["state"])
         models.save_state(model, ctx.run.checkpoint_path(target))
     return FinetuneResult(best["probs"], round(best["epoch"], 4), path)
+
+
+def carry_last_erm_state(
+    ctx: Context, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float
+) -> None:
+    """Load ERM's last epoch (weights and optimizer state: momentum, Adam's moments) into ``model`` and
+    ``optimizer``, at learning rate ``lr``: the reference code's finetune start (``--finetune-start
+    last``), against the default's kept checkpoint with a fresh optimizer."""
+    path = ctx.run.checkpoint_path(LAST_ERM_STATE)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: ERM's last state is missing; rerun ERM to finetune from it") from None
+    except Exception:  # a pickle refused by weights_only, or a truncated file
+        raise CheckpointError(f"{path}: ERM's last state is damaged or holds more than tensors") from None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = lr
 
 
 def _check_points(checks: int) -> list[float]:

@@ -4,7 +4,8 @@ runs/<run_id>/
   config.json     the validated RunConfig (resolved: no recipe option left as None)
   status.json     state, stage, progress, eta_s, error, pid, timestamps, stages_done; replaced atomically
   events.jsonl    append-only curves; a reader skips a torn last line
-  checkpoints/    erm.pt, masktune.pt, randmask.pt (state_dicts) and erm_last.pt (resumable training state)
+  checkpoints/    erm.pt, masktune.pt, randmask.pt (state_dicts); erm_last.pt (resumable training state);
+                  erm_final_state.pt (ERM's last training state, kept for --finetune-start last)
   masks/          bit-packed boolean masks of the training split, one file per iteration
   predictions/    <split>.npz: index, label, group, probs_<model> for each model
   metrics.json    per split, per model: accuracy, worst-group accuracy, per group, per class

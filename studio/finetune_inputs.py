@@ -1,4 +1,4 @@
-"""The Launch form's finetune candidates: learning rates, fills, epochs and val checks (one row)."""
+"""The Launch form's finetune candidates: learning rates, fills, epochs, val checks and start (one row)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ LABELS = {
     "finetune_fills": "Finetune fills",
     "finetune_epochs": "Finetune epochs",
     "finetune_checks": "Val checks per epoch",
+    "finetune_start": "Finetune starts from",
 }
 
 
 def finetune_inputs(recipe: dict[str, Any], key: Callable[[str], str]) -> dict[str, Any]:
     """Inputs for the finetune candidates, starting at the dataset's recipe; returns the form's values."""
-    lrs, fills, epochs, checks = st.columns([3, 3, 2, 2])
+    lrs, fills, epochs, checks, start = st.columns([3, 3, 2, 2, 2])
     return {
         "finetune_lrs": lrs.text_input(
             LABELS["finetune_lrs"],
@@ -34,7 +35,8 @@ def finetune_inputs(recipe: dict[str, Any], key: Callable[[str], str]) -> dict[s
             default=list(recipe["finetune_fills"]),
             key=key("finetune_fills"),
             help="black (the paper): masked pixels become 0. swap: they take another training image's "
-            "pixels, so a cue there is seen under both labels.",
+            "pixels; transplant: they become 0 and another image's masked region is pasted at its place. "
+            "Both show a cue there under every label.",
         ),
         **_count(
             epochs,
@@ -49,6 +51,13 @@ def finetune_inputs(recipe: dict[str, Any], key: Callable[[str], str]) -> dict[s
             recipe,
             key,
             "How often a candidate is scored on val in each epoch; it keeps its best check.",
+        ),
+        "finetune_start": start.selectbox(
+            LABELS["finetune_start"],
+            config_lib.FINETUNE_STARTS,
+            key=key("finetune_start"),
+            help="best: the kept ERM checkpoint with a fresh optimizer. last: ERM's last epoch with its "
+            "optimizer state, as the reference code does.",
         ),
     }
 

@@ -282,7 +282,7 @@ def _analyse_image(
     import torch
 
     from masktune_core.cam import compute_heatmaps
-    from masktune_core.masking import apply_masks, threshold_masks
+    from masktune_core.masking import apply_masks, run_masks
 
     run = Run(Path(run_path))
     config, mean = run.config(), common.dataset_summary(run)["mean"]
@@ -294,9 +294,7 @@ def _analyse_image(
             with torch.no_grad():
                 out[f"probs_{name}"] = torch.softmax(model(x), dim=1)[0].numpy()
             out[f"heat_{name}"] = compute_heatmaps(model, x, method=config["cam_method"])[0].numpy()
-    mask = threshold_masks(
-        torch.from_numpy(out["heat_erm"])[None], config["threshold_rule"], config["topk_percent"]
-    )
+    mask = run_masks(torch.from_numpy(out["heat_erm"])[None], config)
     out["mask"] = mask[0].numpy()
     out["masked"] = apply_masks(pixels, mask, fill=config["fill"], mean=mean)[0].numpy()
     return out

@@ -44,6 +44,7 @@ LABELS = {
     "cam_method": "Saliency method",
     "threshold_rule": "Mask threshold rule",
     "topk_percent": "Top-k %",
+    "mask_dilation": "Mask dilation (px)",
     "fill": "Fill of masked pixels",
     "iterations": "MaskTune iterations",
     "randmask": "RandMask baseline",
@@ -267,6 +268,7 @@ def _advanced_inputs(choice: DatasetChoice, key: Any) -> dict[str, Any]:
                 "hottest k % of pixels (biased-digits' recipe: its μ + 2σ masks leave part of the square).",
             ),
             number("topk_percent", DEFAULTS.topk_percent, 1.0, "Used by the topk rule only."),
+            number("mask_dilation", DEFAULTS.mask_dilation, 1, "Grow each mask by this many pixels a side."),
             select("fill", config_lib.FILLS, "black (the paper): masked pixels become 0."),
             number(
                 "iterations",

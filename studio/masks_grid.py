@@ -38,6 +38,8 @@ def mask_source(config: dict[str, Any], split: str) -> str:
     rule = config["threshold_rule"] + (
         f" ({config['topk_percent']}%)" if config["threshold_rule"] == "topk" else ""
     )
+    if config.get("mask_dilation"):
+        rule += f", grown by {config['mask_dilation']} px"
     source = (
         "The training split's masks as the run stored them for the finetune"
         if split == "train"

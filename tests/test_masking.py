@@ -15,6 +15,7 @@ from masktune_core.masking import (
     load_masks,
     load_packed_masks,
     random_masks_like,
+    run_masks,
     save_masks,
     threshold_masks,
 )
@@ -35,6 +36,26 @@ def test_mean_plus_two_std_on_a_hand_made_map() -> None:
     mask = threshold_masks(heat)
     assert mask.dtype == torch.bool and mask.shape == (1, 5, 5)
     assert mask.nonzero().tolist() == [[0, 4, 4]]
+
+
+def test_dilation_grows_a_mask_by_its_radius_and_leaves_an_empty_mask_empty() -> None:
+    heat = torch.zeros(2, 7, 7)
+    heat[0, 0, :], heat[0, 1, 0], heat[0, 3, 4] = 1.0, 1.0, 9.0  # only (3, 4) passes mu + 2 sigma
+    masks = threshold_masks(heat, dilation=1)
+    expected = torch.zeros(7, 7, dtype=torch.bool)
+    expected[2:5, 3:6] = True  # the 3x3 square around (3, 4)
+    assert torch.equal(masks[0], expected)
+    assert not masks[1].any()  # an all-zero heatmap has no mask to grow
+    grown = threshold_masks(heat, dilation=2)[0]
+    assert grown.sum() == 25 and grown[1:6, 2:7].all()  # clipped at no border here: 5x5
+
+
+def test_run_masks_reads_a_runs_settings_and_old_runs_without_dilation() -> None:
+    heat = torch.zeros(1, 6, 6)
+    heat[0, 0, :], heat[0, 1, :2], heat[0, 3, 3] = 1.0, 1.0, 9.0
+    old = {"threshold_rule": "mean+2std", "topk_percent": 10.0}
+    assert torch.equal(run_masks(heat, old), threshold_masks(heat))
+    assert run_masks(heat, {**old, "mask_dilation": 1})[0].sum() == 9
 
 
 def test_mean_plus_two_std_threshold_is_strict() -> None:

@@ -143,6 +143,9 @@ def test_fills_resolve_like_learning_rates() -> None:
         ({"finetune_checks": "21"}, "finetune_checks"),
         ({"finetune_selection": "best"}, "finetune_selection"),
         ({"patience": "-1"}, "patience"),
+        ({"mask_dilation": "-1"}, "mask_dilation"),
+        ({"mask_dilation": "17"}, "mask_dilation"),
+        ({"finetune_start": "first"}, "finetune_start"),
     ],
 )
 def test_bad_method_options_are_refused_by_name(values: dict, field: str) -> None:
@@ -293,3 +296,45 @@ def test_a_run_that_kept_erm_over_an_unclear_gain_says_so(tmp_path) -> None:
     result = candidates.run_verdict(run, 0, one_hot(labels), one_hot(labels), labels, None)
     note = next(n for n in result["notes"] if "masktune_1_swap_lr0.001" in n)
     assert "+0.8 points" in note and "(-2.0 to +3.6)" in note and "keeps ERM's weights" in note
+
+
+@pytest.mark.slow
+def test_a_finetune_from_last_starts_from_erms_last_epoch_with_its_optimizer_state(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from masktune_core.runs import RunStore
+
+    carried = []
+    real = pipeline.carry_last_erm_state
+
+    def spy(ctx, model, optimizer, lr):
+        real(ctx, model, optimizer, lr)
+        carried.append((lr, {g["lr"] for g in optimizer.param_groups}, len(optimizer.state)))
+
+    monkeypatch.setattr(pipeline, "carry_last_erm_state", spy)
+    values = {"dataset": "biased-digits", "epochs": 2, "patience": 0, "train_copies": 0, "batch_size": 256}
+    values |= {"finetune_start": "last", "finetune_lrs": "0.01,0.001", "finetune_selection": "val"}
+    run = RunStore(tmp_path).create(RunConfig.from_dict(values).resolved().to_dict())
+    assert pipeline.execute(run)["state"] == "done"
+    state = torch.load(run.checkpoint_path(pipeline.LAST_ERM_STATE), weights_only=True)
+    assert state["epoch"] == 2 and state["optimizer"]["state"], "ERM's last epoch and its optimizer state"
+    # Each candidate starts from that state at its own learning rate, with the optimizer's buffers.
+    assert [(lr, lrs) for lr, lrs, _ in carried] == [(0.01, {0.01}), (0.001, {0.001})]
+    assert all(buffers > 0 for _, _, buffers in carried)
+
+
+def test_a_missing_last_erm_state_is_a_checkpoint_error(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from masktune_core.errors import CheckpointError
+    from masktune_core.runs import RunStore
+
+    run = RunStore(tmp_path).create(RunConfig(dataset="digits").resolved().to_dict())
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters())
+    with pytest.raises(CheckpointError, match="last state is missing"):
+        pipeline.carry_last_erm_state(SimpleNamespace(run=run), model, optimizer, 0.1)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.reproduce.pool import seed_erm
 from bench.suite.generate import CARD, read_card
 from masktune_core.config import RunConfig
 from masktune_core.errors import ConfigError, DataError
@@ -25,14 +26,23 @@ from masktune_core.runs import Run, RunStore
 ROOT = Path(__file__).resolve().parents[2]
 BASE_FLAGS = ("--backbone", "small-cnn", "--image-size", "32")
 # name -> the flags appended to BASE_FLAGS. "default" is the product's own defaults; the others are the
-# knobs the method study compares (each must be a flag ``python -m masktune_core run`` accepts).
+# method's knobs the study compares, one change each (each must be a flag ``python -m masktune_core run``
+# accepts).
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
-    "finetune-lr-1e-3": ("--finetune-lr", "0.001"),
-    "adam": ("--optimizer", "adam", "--lr", "0.001"),
-    "mean+2std": ("--threshold-rule", "mean+2std"),
+    "one-epoch-black": ("--finetune-fills", "black", "--finetune-epochs", "1", "--finetune-checks", "1"),
+    "finetune-lr-1e-4": ("--finetune-lrs", "0.0001"),
+    "start-last": ("--finetune-start", "last"),
     "topk": ("--threshold-rule", "topk"),
+    "dilate-2": ("--mask-dilation", "2"),
+    "gradcam": ("--cam-method", "gradcam"),
+    "iterations-2": ("--iterations", "2"),
 }
+# Variants that change nothing before the masks start from the same seed's "default" ERM checkpoint (ERM
+# is deterministic per seed and dataset), so they cost the masks and finetunes alone. These train their
+# own ERM: "default" is the source, and "start-last" needs ERM's last training state, which only a run
+# asked for it keeps.
+OWN_ERM = {"default", "start-last"}
 RESUMABLE = ("interrupted", "failed", "cancelled")
 
 
@@ -102,10 +112,11 @@ def dataset_folders(data: Path, only: list[str] | None = None) -> list[Path]:
 
 
 def make_jobs(folders: list[Path], seeds: list[int], variants: list[str]) -> list[Job]:
+    """Variant by variant, in the order given, so a study stopped early has whole variants."""
     return [
         Job(folder, read_card(folder)["dataset"], variant, seed)
-        for folder in folders
         for variant in variants
+        for folder in folders
         for seed in seeds
     ]
 
@@ -121,9 +132,19 @@ def expected_config(job: Job) -> dict[str, Any]:
     return RunConfig.from_dict(values).resolved().to_dict()
 
 
+def stored_config(run: Run) -> dict[str, Any]:
+    """A run's stored config, with any option added to the product since the run was made at its default:
+    the run behaved as that default does (a new option's default keeps the old behaviour)."""
+    stored = run.config()
+    if not stored:
+        return {}
+    added = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name not in stored}
+    return {**added, **stored}
+
+
 def find_run(runs: list[Run], config: dict[str, Any]) -> Run | None:
     """The run made with exactly ``config``; a finished one first, then the newest."""
-    matches = [run for run in runs if run.config() == config]
+    matches = [run for run in runs if stored_config(run) == config]
     matches.sort(key=lambda run: run.status().get("state") != "done")
     return matches[0] if matches else None
 
@@ -151,7 +172,10 @@ def _execute(job: Job, runs_dir: Path, existing: Run | None) -> tuple[str, float
 
 
 def run_jobs(jobs: list[Job], runs_dir: Path, workers: int = 1) -> dict[str, str]:
-    """Every job not finished yet, ``workers`` subprocesses at a time; job name -> outcome."""
+    """Every job not finished yet, ``workers`` subprocesses at a time; job name -> outcome.
+
+    Two waves: the jobs that train their own ERM, then those that start from a finished "default" run's
+    ERM checkpoint (``OWN_ERM``); one whose default run is missing trains its own."""
     if workers < 1:
         raise ConfigError("workers", f"must be at least 1, got {workers}")
     store = RunStore(runs_dir)
@@ -172,10 +196,27 @@ def run_jobs(jobs: list[Job], runs_dir: Path, workers: int = 1) -> dict[str, str
 
     def work(item: tuple[Job, Run | None]) -> None:
         job, run = item
+        if run is None and job.variant not in OWN_ERM:
+            run = _start_from_default_erm(job, store)
         state, seconds = _execute(job, runs_dir, run)
         outcomes[job.name] = f"{state} in {seconds:.0f} s"
         print(f"{job.name}: {outcomes[job.name]}", flush=True)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(work, todo))
+    for wave in (
+        [i for i in todo if i[0].variant in OWN_ERM],
+        [i for i in todo if i[0].variant not in OWN_ERM],
+    ):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, wave))
     return outcomes
+
+
+def _start_from_default_erm(job: Job, store: RunStore) -> Run | None:
+    """A new run of ``job`` holding the ERM checkpoint of the same dataset and seed's finished "default"
+    run, so ``resume`` goes straight to the masks; None when there is no such run."""
+    source = find_run(store.list(), expected_config(dataclasses.replace(job, variant="default")))
+    if source is None or source.status().get("state") != "done":
+        return None
+    run = store.create(expected_config(job))
+    seed_erm(run, source)
+    return run

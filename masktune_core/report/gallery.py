@@ -2,7 +2,7 @@
 
 ``sample_views`` is the engine's one recipe for "what the models looked at" on given images (the Masks
 page calls it too): heatmaps from ``cam.compute_heatmaps``, the mask stored for the finetune on the
-training split or ``masking.threshold_masks`` of the ERM heatmap elsewhere, and ``masking.apply_masks``
+training split or ``masking.run_masks`` of the ERM heatmap elsewhere, and ``masking.apply_masks``
 with the run's fill.
 """
 
@@ -48,7 +48,7 @@ def sample_views(
     import torch
 
     from masktune_core.cam import compute_heatmaps
-    from masktune_core.masking import apply_masks, threshold_masks
+    from masktune_core.masking import apply_masks, run_masks
 
     names = list(dict.fromkeys(["erm", *heat_models]))
     heat: dict[str, list[Any]] = {name: [] for name in names}
@@ -57,10 +57,7 @@ def sample_views(
         for name in names:
             heat[name].append(compute_heatmaps(models[name], x, method=config["cam_method"]))
     maps = {n: torch.cat(m) if m else torch.zeros((0, *images.shape[-2:])) for n, m in heat.items()}
-    if stored_masks is None:
-        masks = threshold_masks(maps["erm"], config["threshold_rule"], config["topk_percent"])
-    else:
-        masks = stored_masks
+    masks = run_masks(maps["erm"], config) if stored_masks is None else stored_masks
     out = {
         "images": images.numpy(),
         "masks": masks.numpy(),
