@@ -18,7 +18,7 @@ from masktune_core.runs import Run, read_json
 
 if TYPE_CHECKING:
     from masktune_core.config import RunConfig
-    from masktune_core.pipeline import Context
+    from masktune_core.context import Context
 
 CANDIDATES_FILE = "candidates.json"
 

@@ -11,8 +11,9 @@ from bench.suite import runner
 from bench.suite.__main__ import main
 from bench.suite.check import loaded_group_counts
 from bench.suite.generate import SPECS, generate, parse_sizes, read_card
-from bench.suite.report import collect, render
+from bench.suite.report import render
 from bench.suite.results import erm_plateau
+from bench.suite.tables import collect
 from masktune_core.errors import ConfigError
 from masktune_core.runs import RunStore, write_json
 
@@ -192,3 +193,54 @@ def test_a_real_run_is_found_again_by_its_config(tmp_path: Path, suite_data: Pat
     result = suite.results[("patch-digits", "topk", 0)]
     assert result is not None and result.score("test", "masktune", "worst_group_accuracy") is not None
     assert result.plateau is not None and result.seconds > 0
+
+
+def test_the_method_study_compares_every_variant_per_dataset(tmp_path: Path, suite_data: Path):
+    folder = suite_data / "patch-digits"
+    dataset = read_card(folder)["dataset"]
+    store = RunStore(tmp_path / "runs")
+    # ERM 40 on every seed; default's MaskTune 50 and 60 (+10, +20); topk's 42 and 44 (+2, +4).
+    for variant, masktune in {"default": (0.5, 0.6), "topk": (0.42, 0.44)}.items():
+        for seed, value in zip((10, 11), masktune, strict=True):
+            scores = {split: {"erm": (0.4, 0.8), "masktune": (value, 0.8)} for split in ("val", "test")}
+            _fake_run(store, runner.Job(folder, dataset, variant, seed), scores)
+    roles = {"held-out": [10, 11]}
+    page = render(collect([folder], store.root, roles, ["default", "topk", "gradcam"]), "cmd")
+    study = page.split("## Method study")[1].split("\n## ")[0]
+    assert "| `default` | the product defaults | 55.0 (+15.0) | 1 / 1 of 1 |" in study
+    assert "| `topk` | `--threshold-rule topk` | 43.0 (+3.0) | 1 / 0 of 1 |" in study
+    assert "| `gradcam` | `--cam-method gradcam` | – | 0 / 0 of 0 |" in study
+    alone = render(collect([folder], store.root, roles, ["default"]), "cmd")
+    assert "## Method study" not in alone  # the defaults alone have nothing to compare
+
+
+def test_a_variant_starts_from_the_default_runs_erm_checkpoint(tmp_path: Path, suite_data: Path, monkeypatch):
+    folder = suite_data / "tint-fashion"
+    store = RunStore(tmp_path / "runs")
+    scores = {split: {"erm": (0.5, 0.5), "masktune": (0.5, 0.5)} for split in ("val", "test")}
+    default = _fake_run(store, runner.Job(folder, "celeba", "default", 0), scores)
+    default.checkpoint_path("erm").write_bytes(b"the default run's ERM weights")
+    launched = {}
+    monkeypatch.setattr(
+        runner, "_execute", lambda job, runs_dir, run: launched.update({job.name: run}) or ("done", 1.0)
+    )
+    jobs = runner.make_jobs([folder], [0, 1], ["dilate-2", "start-last"])
+    runner.run_jobs(jobs, store.root)
+    seeded = launched["suite-tint-fashion-dilate-2-s0"]
+    assert seeded.checkpoint_path("erm").read_bytes() == b"the default run's ERM weights"
+    assert seeded.raw_status()["stages_done"] == ["erm"] and seeded.config() == runner.expected_config(
+        jobs[0]
+    )
+    # No default run for seed 1, and start-last needs ERM's last state: both train their own ERM.
+    assert launched["suite-tint-fashion-dilate-2-s1"] is None
+    assert launched["suite-tint-fashion-start-last-s0"] is None
+    assert list(launched)[:2] == ["suite-tint-fashion-start-last-s0", "suite-tint-fashion-start-last-s1"]
+
+
+def test_a_run_made_before_an_option_existed_is_found_with_that_options_default(tmp_path: Path, suite_data):
+    job = runner.Job(suite_data / "tint-fashion", "celeba", "default", 0)
+    config = runner.expected_config(job)
+    older = {key: value for key, value in config.items() if key != "mask_dilation"}
+    run = RunStore(tmp_path).create(older)
+    assert runner.find_run([run], config) is run
+    assert runner.find_run([run], {**config, "mask_dilation": 2}) is None

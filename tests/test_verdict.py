@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from masktune_core import candidates, models, pipeline, train, verdict
+from masktune_core import candidates, context, finetune, models, pipeline, train, verdict
 from masktune_core.config import RunConfig
 from masktune_core.data import build_dataset
 from masktune_core.errors import ConfigError
@@ -307,18 +307,18 @@ def test_a_finetune_from_last_starts_from_erms_last_epoch_with_its_optimizer_sta
     from masktune_core.runs import RunStore
 
     carried = []
-    real = pipeline.carry_last_erm_state
+    real = finetune.carry_last_erm_state
 
     def spy(ctx, model, optimizer, lr):
         real(ctx, model, optimizer, lr)
         carried.append((lr, {g["lr"] for g in optimizer.param_groups}, len(optimizer.state)))
 
-    monkeypatch.setattr(pipeline, "carry_last_erm_state", spy)
+    monkeypatch.setattr(finetune, "carry_last_erm_state", spy)
     values = {"dataset": "biased-digits", "epochs": 2, "patience": 0, "train_copies": 0, "batch_size": 256}
     values |= {"finetune_start": "last", "finetune_lrs": "0.01,0.001", "finetune_selection": "val"}
     run = RunStore(tmp_path).create(RunConfig.from_dict(values).resolved().to_dict())
     assert pipeline.execute(run)["state"] == "done"
-    state = torch.load(run.checkpoint_path(pipeline.LAST_ERM_STATE), weights_only=True)
+    state = torch.load(run.checkpoint_path(context.LAST_ERM_STATE), weights_only=True)
     assert state["epoch"] == 2 and state["optimizer"]["state"], "ERM's last epoch and its optimizer state"
     # Each candidate starts from that state at its own learning rate, with the optimizer's buffers.
     assert [(lr, lrs) for lr, lrs, _ in carried] == [(0.01, {0.01}), (0.001, {0.001})]
@@ -337,4 +337,4 @@ def test_a_missing_last_erm_state_is_a_checkpoint_error(tmp_path) -> None:
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters())
     with pytest.raises(CheckpointError, match="last state is missing"):
-        pipeline.carry_last_erm_state(SimpleNamespace(run=run), model, optimizer, 0.1)
+        finetune.carry_last_erm_state(SimpleNamespace(run=run), model, optimizer, 0.1)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from bench.suite.check import check
 from bench.suite.generate import DEFAULT_SIZES, SPECS, generate, parse_sizes
-from bench.suite.report import collect, render
+from bench.suite.report import render
 from bench.suite.runner import VARIANTS, dataset_folders, make_jobs, parse_seeds, parse_variants, run_jobs
+from bench.suite.tables import collect
 from masktune_core.errors import ConfigError, MaskTuneError
 from masktune_core.runs import atomic_path
 

@@ -1,114 +1,29 @@
-"""docs/suite.md from a run store: ERM against MaskTune on every suite dataset, seeds grouped by role.
-
-Runs are found by config (``runner.expected_config``), so the page shows runs of the product's current
-defaults and nothing older. Seeds carry a role: "tuning" seeds may have been looked at to choose settings,
-"held-out" seeds were not; the summary reads the held-out seeds when there are any.
-"""
+"""docs/suite.md from a run store: ERM against MaskTune on every suite dataset, seeds grouped by role; the
+summary reads the held-out seeds when there are any."""
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from bench.suite.generate import read_card
-from bench.suite.results import MODELS, RunResult, mean_std, read_result
-from bench.suite.runner import VARIANTS, Job, expected_config, find_run
-from masktune_core.runs import RunStore
-
-ROLES = ("held-out", "tuning")
-MODEL_LABELS = {"erm": "ERM", "masktune": "MaskTune"}
-CLEAR_GAIN = 0.05  # the acceptance bar: MaskTune's mean worst-group test accuracy >= ERM's + 5 points
-WG, ACC = "worst_group_accuracy", "accuracy"
-
-
-@dataclass
-class Suite:
-    """Every (dataset, variant, seed) asked for, with its result or None when not run."""
-
-    cards: dict[str, dict[str, Any]]  # dataset folder name -> card.json
-    roles: dict[str, list[int]]  # role -> seeds
-    variants: list[str]
-    results: dict[tuple[str, str, int], RunResult | None]
-
-
-def collect(
-    data_folders: list[Path], runs_dir: Path, roles: dict[str, list[int]], variants: list[str]
-) -> Suite:
-    runs = RunStore(runs_dir).list()
-    cards, results = {}, {}
-    for folder in data_folders:
-        card = read_card(folder)
-        cards[folder.name] = card
-        for variant in variants:
-            for seeds in roles.values():
-                for seed in seeds:
-                    run = find_run(runs, expected_config(Job(folder, card["dataset"], variant, seed)))
-                    results[(folder.name, variant, seed)] = None if run is None else read_result(run)
-    return Suite(cards, roles, variants, results)
-
-
-# ------------------------------------------------------------------------------------------ formatting
-def pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
-def points(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:+.1f}"
-
-
-def spread(values: list[float], signed: bool = False) -> str:
-    """``mean ± std`` in percent (sample std), or the one value marked as one seed."""
-    if not values:
-        return "–"
-    mean, std = mean_std(values)
-    shown = points(mean) if signed else pct(mean)
-    return f"{shown} (one seed)" if std is None else f"{shown} ± {100 * std:.1f}"
-
-
-def verdict_text(verdict: dict[str, Any] | None) -> str:
-    """The run's own verdict, numbers as stored in metrics.json."""
-    if not verdict:
-        return "–"
-    text = str(verdict.get("label", "?"))
-    where = " on ".join(str(verdict[key]) for key in ("metric", "split") if verdict.get(key))
-    extra = []
-    if all(isinstance(verdict.get(model), (int, float)) for model in MODELS):
-        extra.append(f"ERM {verdict['erm']:.3f}, MaskTune {verdict['masktune']:.3f}")
-    if isinstance(verdict.get("difference"), (int, float)):
-        extra.append(f"difference {verdict['difference']:+.3f}")
-    interval = verdict.get("interval")
-    if isinstance(interval, (list, tuple)) and len(interval) == 2:
-        extra.append(f"interval [{interval[0]:+.3f}, {interval[1]:+.3f}]")
-    if where:
-        extra.insert(0, where)
-    return f"{text} ({', '.join(extra)})" if extra else text
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-
-
-# ------------------------------------------------------------------------------------------ sections
-def _done(suite: Suite, name: str, variant: str, seeds: list[int]) -> list[tuple[int, RunResult]]:
-    pairs = [(seed, suite.results.get((name, variant, seed))) for seed in seeds]
-    return [(seed, result) for seed, result in pairs if result is not None]
-
-
-def _values(done: list[tuple[int, RunResult]], split: str, model: str, measure: str) -> list[float]:
-    found = [result.score(split, model, measure) for _, result in done]
-    return [value for value in found if value is not None]
-
-
-def _paired(done: list[tuple[int, RunResult]], split: str, measure: str) -> list[float]:
-    """MaskTune - ERM per seed, for seeds that have both."""
-    pairs = [(r.score(split, "masktune", measure), r.score(split, "erm", measure)) for _, r in done]
-    return [masktune - erm for masktune, erm in pairs if masktune is not None and erm is not None]
+from bench.suite.knobs import method_study
+from bench.suite.results import MODELS, mean_std
+from bench.suite.runner import VARIANTS
+from bench.suite.tables import (
+    ACC,
+    CLEAR_GAIN,
+    MODEL_LABELS,
+    ROLES,
+    WG,
+    Suite,
+    md_table,
+    paired_diffs,
+    pct,
+    points,
+    scores_of,
+    seeds_done,
+    spread,
+    verdict_text,
+)
 
 
 def summary(suite: Suite, variant: str) -> list[str]:
@@ -118,9 +33,9 @@ def summary(suite: Suite, variant: str) -> list[str]:
     seeds = suite.roles[role]
     rows, clear, held = [], 0, 0
     for name, card in suite.cards.items():
-        done = _done(suite, name, variant, seeds)
-        erm, masktune = _values(done, "test", "erm", WG), _values(done, "test", "masktune", WG)
-        diffs = _paired(done, "test", WG)
+        done = seeds_done(suite, name, variant, seeds)
+        erm, masktune = scores_of(done, "test", "erm", WG), scores_of(done, "test", "masktune", WG)
+        diffs = paired_diffs(done, "test", WG)
         if erm and masktune:
             gain = mean_std(masktune)[0] - mean_std(erm)[0]
             held += gain >= 0
@@ -150,7 +65,7 @@ def summary(suite: Suite, variant: str) -> list[str]:
         f"## Summary: worst-group test accuracy (%), variant `{variant}`, {role} seeds "
         f"{', '.join(map(str, seeds))}",
         "",
-        *_table(header, rows),
+        *md_table(header, rows),
         "",
         f"MaskTune's mean is at least ERM's on {held} of {len(suite.cards)} datasets, and at least "
         f"{100 * CLEAR_GAIN:.0f} points above it on {clear}.",
@@ -196,16 +111,16 @@ def datasets_table(suite: Suite) -> list[str]:
             ]
         )
     header = ["dataset", "--dataset", "task (difficulty)", "cue", "train correlation", "train / val / test"]
-    return ["## Datasets", "", *_table(header, rows), ""]
+    return ["## Datasets", "", *md_table(header, rows), ""]
 
 
 def _aggregate(suite: Suite, name: str, seeds: list[int]) -> list[str]:
     rows = []
     for variant in suite.variants:
-        done = _done(suite, name, variant, seeds)
+        done = seeds_done(suite, name, variant, seeds)
         for model in MODELS:
             cells = [
-                spread(_values(done, split, model, measure))
+                spread(scores_of(done, split, model, measure))
                 for split in ("test", "val")
                 for measure in (WG, ACC)
             ]
@@ -215,14 +130,14 @@ def _aggregate(suite: Suite, name: str, seeds: list[int]) -> list[str]:
                 f"`{variant}`",
                 "MaskTune − ERM",
                 *(
-                    spread(_paired(done, split, measure), signed=True)
+                    spread(paired_diffs(done, split, measure), signed=True)
                     for split in ("test", "val")
                     for measure in (WG, ACC)
                 ),
             ]
         )
     header = ["variant", "model", "test worst-group", "test average", "val worst-group", "val average"]
-    return _table(header, rows)
+    return md_table(header, rows)
 
 
 def _per_seed(suite: Suite, name: str, seeds: list[int]) -> list[str]:
@@ -239,17 +154,19 @@ def _per_seed(suite: Suite, name: str, seeds: list[int]) -> list[str]:
                 difference = None if erm is None or masktune is None else masktune - erm
                 cells += [pct(erm), pct(masktune), points(difference)]
             seconds = "–" if result.seconds is None else f"{result.seconds:.0f} s"
+            if result.seconds is not None and "erm" not in result.stage_seconds:
+                seconds += " (ERM reused)"
             rows.append(
                 [f"`{variant}`", str(seed), *cells, verdict_text(result.verdict), seconds, result.run_id]
             )
     header = ["variant", "seed", "ERM test", "MaskTune test", "Δ test", "ERM val", "MaskTune val", "Δ val"]
-    return _table([*header, "verdict (from the run)", "run time", "run"], rows)
+    return md_table([*header, "verdict (from the run)", "run time", "run"], rows)
 
 
 def _plateau(suite: Suite, name: str, seeds: list[int]) -> list[str]:
     rows = []
     for variant in suite.variants:
-        for seed, result in _done(suite, name, variant, seeds):
+        for seed, result in seeds_done(suite, name, variant, seeds):
             plateau = result.plateau
             if plateau is None:
                 continue
@@ -272,7 +189,7 @@ def _plateau(suite: Suite, name: str, seeds: list[int]) -> list[str]:
         "ERM's val loss (mean cross-entropy on val) against its plateau; 0 epochs after the lowest means it "
         "was still falling when training stopped:",
         "",
-        *_table(header, rows),
+        *md_table(header, rows),
         "",
     ]
 
@@ -280,7 +197,7 @@ def _plateau(suite: Suite, name: str, seeds: list[int]) -> list[str]:
 def _candidates(suite: Suite, name: str, seeds: list[int]) -> list[str]:
     rows = []
     for variant in suite.variants:
-        for seed, result in _done(suite, name, variant, seeds):
+        for seed, result in seeds_done(suite, name, variant, seeds):
             for candidate in result.candidates:
                 splits = candidate.get("splits") or {}
                 cells = [
@@ -311,7 +228,7 @@ def _candidates(suite: Suite, name: str, seeds: list[int]) -> list[str]:
     return [
         "Finetune candidates each run kept (%):",
         "",
-        *_table([*header, "test worst-group", "test average"], rows),
+        *md_table([*header, "test worst-group", "test average"], rows),
         "",
     ]
 
@@ -361,8 +278,9 @@ def render(suite: Suite, command: str) -> str:
         "",
         *datasets_table(suite),
     ]
-    for variant in suite.variants:
-        lines += summary(suite, variant)
+    # The summary is the first variant's (the defaults'); the method study compares them all.
+    lines += summary(suite, suite.variants[0])
+    lines += method_study(suite)
     for name in suite.cards:
         lines += dataset_section(suite, name)
     return "\n".join(lines).rstrip() + "\n"
