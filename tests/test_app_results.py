@@ -48,6 +48,15 @@ def test_headline_cards_equal_metrics_json(finished_store: RunStore) -> None:
         )
 
 
+def test_the_header_names_the_finetune_candidates_and_the_masks(finished_store: RunStore) -> None:
+    run = finished_store.list()[0]
+    at = open_results(run=run.id)
+    header = " ".join(c.value for c in at.caption)
+    # TINY_RUN: learning rates 0.01 and 0.001 with biased-digits' one fill, one epoch, two val checks.
+    assert "finetune lr 0.01, 0.001 × transplant, 1 epoch(s), 2 check(s) each" in header
+    assert "xgradcam masks, topk" in header and "grown" not in header
+
+
 def test_every_split_has_its_summary_with_the_three_averages(finished_store: RunStore) -> None:
     run = finished_store.list()[0]
     metrics = run.metrics()

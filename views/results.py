@@ -67,6 +67,18 @@ def training_section(run: Run, key: str) -> None:
         st.caption(f"Total {charts.duration_text(sum(seconds.values()))} of stage time.")
 
 
+def finetune_summary(config: dict) -> str:
+    """The finetune candidates in a few words; runs made before the candidate grid show their one lr."""
+    lrs = config.get("finetune_lrs") or [config.get("finetune_lr")]
+    fills = config.get("finetune_fills") or [config.get("fill")]
+    text = f"finetune lr {', '.join(f'{lr:g}' for lr in lrs if lr)} × {', '.join(map(str, fills))}"
+    if config.get("finetune_epochs"):
+        text += f", {config['finetune_epochs']} epoch(s), {config.get('finetune_checks') or 1} check(s) each"
+    if config.get("finetune_start") == "last":
+        text += ", from ERM's last state"
+    return text
+
+
 def run_header(run: Run) -> None:
     config = run.config()
     st.subheader(config.get("name") or run.id)
@@ -74,8 +86,9 @@ def run_header(run: Run) -> None:
         f"`{run.id}`",
         f"{config.get('dataset')} / {config.get('backbone')}",
         f"ERM {config.get('epochs')} epochs, lr {config.get('lr')}, {config.get('optimizer')}",
-        f"finetune lr {config.get('finetune_lr')}",
-        f"{config.get('cam_method')} masks, {config.get('threshold_rule')}",
+        finetune_summary(config),
+        f"{config.get('cam_method')} masks, {config.get('threshold_rule')}"
+        + (f" grown {config['mask_dilation']} px" if config.get("mask_dilation") else ""),
         f"seed {config.get('seed')}",
     ]
     st.caption(" · ".join(details))

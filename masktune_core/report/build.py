@@ -25,7 +25,19 @@ HEADLINE_METRICS = ("accuracy", "worst_group_accuracy")
 TARGETS = (0.95, 0.9, 0.8)
 PACKAGES = ("torch", "torchvision", "numpy", "grad-cam", "scikit-learn")
 RULE = "agreement"
-MASKTUNE_KEYS = ("finetune_lr", "iterations", "cam_method", "threshold_rule", "topk_percent", "fill")
+MASKTUNE_KEYS = (
+    "iterations",
+    "cam_method",
+    "threshold_rule",
+    "topk_percent",
+    "mask_dilation",
+    "finetune_lrs",
+    "finetune_fills",
+    "finetune_epochs",
+    "finetune_checks",
+    "finetune_start",
+    "finetune_selection",
+)
 # What each pipeline stage produces, to say what an unfinished run is missing.
 STAGE_PRODUCTS = {
     "erm": "the ERM model",

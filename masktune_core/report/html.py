@@ -94,7 +94,10 @@ def setup_html(setup: dict[str, Any]) -> str:
         ("Dataset", setup["dataset"]),
         ("Backbone", setup["backbone"]),
         ("ERM training", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in setup["erm"].items())),
-        ("MaskTune settings", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in setup["masktune"].items())),
+        (
+            "MaskTune settings",
+            ", ".join(f"{k.replace('_', ' ')} {_plain(v)}" for k, v in setup["masktune"].items()),
+        ),
         ("Seed" + ("s" if len(seeds) > 1 else ""), ", ".join(str(s) for s in seeds)),
         ("Run" + ("s" if len(setup["runs"]) > 1 else ""), ", ".join(setup["runs"])),
         ("Date", setup["date"] or "–"),
@@ -505,3 +508,8 @@ def render(report: dict[str, Any]) -> str:
         "server.</footer>"
         "</body></html>"
     )
+
+
+def _plain(value: object) -> str:
+    """A setting as a reader writes it: a list as values joined by "/" (the settings are comma-separated)."""
+    return "/".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
