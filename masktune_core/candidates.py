@@ -25,31 +25,43 @@ CANDIDATES_FILE = "candidates.json"
 
 @dataclass(frozen=True)
 class Setting:
-    """How one finetune candidate trains: learning rate, fill, epochs and val checks per epoch."""
+    """How one finetune candidate trains: learning rate, fill, epochs, val checks per epoch, and where the
+    first iteration's finetune starts ("best": the kept ERM checkpoint, a fresh optimizer; "last": ERM's
+    last epoch with its optimizer state)."""
 
     lr: float
     fill: str
     epochs: int = 1
     checks: int = 1
+    start: str = "best"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"finetune_lr": self.lr, "fill": self.fill, "epochs": self.epochs, "checks": self.checks}
+        return {
+            "finetune_lr": self.lr,
+            "fill": self.fill,
+            "epochs": self.epochs,
+            "checks": self.checks,
+            "start": self.start,
+        }
 
 
 def candidate_settings(config: RunConfig) -> list[Setting]:
-    """The run's finetune candidates: every learning rate with every fill (with selection "none", only the
-    first of each: the method's single finetune). A config saved before fills and epochs were options
-    finetunes as it did then: one epoch, its fill."""
+    """The run's finetune candidates: every start with every fill and learning rate (with selection "none",
+    only the first of each: the method's single finetune). A config saved before fills, epochs and starts
+    were options finetunes as it did then: one epoch, its fill, from the kept ERM checkpoint."""
     lrs = config.finetune_lrs or (config.finetune_lr,)
     fills = config.finetune_fills or (config.fill,)
+    starts = config.finetune_starts() or ("best",)
     if config.finetune_selection != "val":
-        lrs, fills = lrs[:1], fills[:1]
+        lrs, fills, starts = lrs[:1], fills[:1], starts[:1]
     epochs, checks = config.finetune_epochs or 1, config.finetune_checks or 1
-    return [Setting(lr, fill, epochs, checks) for fill in fills for lr in lrs]
+    return [Setting(lr, fill, epochs, checks, start) for start in starts for fill in fills for lr in lrs]
 
 
 def candidate_name(iteration: int, setting: Setting) -> str:
-    return f"masktune_{iteration}_{setting.fill}_lr{setting.lr:g}"
+    """``masktune_<iteration>_<fill>_lr<lr>``, with ``_last`` for a start from ERM's last state."""
+    suffix = "_last" if setting.start == "last" else ""
+    return f"masktune_{iteration}_{setting.fill}_lr{setting.lr:g}{suffix}"
 
 
 def candidate_record(run: Run) -> dict[str, Any]:

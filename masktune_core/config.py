@@ -104,11 +104,11 @@ class RunConfig:
         "val: keep the finetune candidate best on val, or ERM when none beats it; none: keep the first",
         choices=FINETUNE_SELECTIONS,
     )
-    finetune_start: str = option(
-        "best",
-        "best: the first finetune starts from the kept ERM checkpoint with a fresh optimizer; last: from "
-        "ERM's last epoch with its optimizer state (the reference code)",
-        choices=FINETUNE_STARTS,
+    finetune_start: str | None = option(
+        None,
+        "where the first finetune's candidates start, comma-separated (each lr and fill is tried from each): "
+        "best, the kept ERM checkpoint with a fresh optimizer; last, ERM's last epoch with its optimizer "
+        "state (the reference code)",
     )
     iterations: int = option(1, "rounds of mask + finetune (1 is the method; up to 10)")
     cam_method: str = option("xgradcam", "saliency method for the masks", choices=CAM_METHODS)
@@ -197,6 +197,11 @@ class RunConfig:
         config.validate()
         return config
 
+    def finetune_starts(self) -> tuple[str, ...]:
+        """``finetune_start`` as a tuple (empty while unresolved)."""
+        text = self.finetune_start or ""
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
     def data_options(self) -> DataOptions:
         from masktune_core.data import DataOptions
 
@@ -250,12 +255,25 @@ class RunConfig:
                     raise ConfigError(
                         "finetune_fills", f"unknown value {fill!r}; choose from {', '.join(FILLS)}"
                     )
-        candidates = len(self.finetune_lrs or ()) * len(self.finetune_fills or ())
+        candidates = (
+            len(self.finetune_lrs or ())
+            * len(self.finetune_fills or ())
+            * max(1, len(self.finetune_starts()))
+        )
         if candidates > MAX_FINETUNE_CANDIDATES:
             raise ConfigError(
                 "finetune_lrs",
-                f"{candidates} finetune candidates (learning rates x fills); "
+                f"{candidates} finetune candidates (learning rates x fills x starts); "
                 f"at most {MAX_FINETUNE_CANDIDATES}",
+            )
+        starts = self.finetune_starts()
+        if self.finetune_start is not None and (
+            not starts or len(set(starts)) != len(starts) or not set(starts) <= set(FINETUNE_STARTS)
+        ):
+            raise ConfigError(
+                "finetune_start",
+                f"expected one or both of {', '.join(FINETUNE_STARTS)}, comma-separated, "
+                f"got {self.finetune_start!r}",
             )
         _positive_int("finetune_epochs", self.finetune_epochs, upper=20)
         _positive_int("finetune_checks", self.finetune_checks, upper=20)

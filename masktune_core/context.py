@@ -19,9 +19,6 @@ from masktune_core.config import RunConfig
 from masktune_core.data import DatasetBundle
 from masktune_core.runs import Run
 
-# ERM's training state after its last epoch (weights, optimizer, scheduler), kept for --finetune-start last.
-LAST_ERM_STATE = "erm_final_state"
-
 
 class Cancelled(Exception):
     """The user asked the job to stop."""

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from masktune_core import candidates, distributed, masking, models, train, verdict
-from masktune_core.context import LAST_ERM_STATE, Context, prefixed, val_probs, validation_scores
+from masktune_core.context import Context, prefixed, val_probs, validation_scores
 from masktune_core.errors import CheckpointError
-from masktune_core.runs import write_json
+from masktune_core.runs import LAST_ERM_STATE, write_json
 
 
 @dataclass
@@ -45,7 +45,7 @@ def finetune(
     model = ctx.load_model(source)
     generator = train.seed_everything(config.seed + seed_offset)
     optimizer = train.make_optimizer(config, model, setting.lr)
-    if source == "erm" and config.finetune_start == "last":
+    if source == "erm" and setting.start == "last":
         carry_last_erm_state(ctx, model, optimizer, setting.lr)
     # A constant small learning rate, as in the method.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

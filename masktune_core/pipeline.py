@@ -21,7 +21,6 @@ import torch
 from masktune_core import candidates, distributed, evaluate, masking, models, train
 from masktune_core.config import RunConfig
 from masktune_core.context import (
-    LAST_ERM_STATE,
     Cancelled,
     Context,
     Progress,
@@ -34,6 +33,7 @@ from masktune_core.data.cache import load_dataset
 from masktune_core.errors import CheckpointError, MaskTuneError
 from masktune_core.finetune import stage_finetune, stage_randmask
 from masktune_core.runs import (
+    LAST_ERM_STATE,
     Run,
     atomic_path,
     disk_error,
@@ -170,7 +170,7 @@ def stage_erm(ctx: Context) -> None:
             break
     distributed.barrier()  # every rank has read the training state before it goes
     if distributed.is_main():
-        if config.finetune_start == "last":  # the finetune starts from it, optimizer state included
+        if "last" in config.finetune_starts():  # a finetune starts from it, optimizer state included
             state_path.replace(ctx.run.checkpoint_path(LAST_ERM_STATE))
         else:
             state_path.unlink(missing_ok=True)

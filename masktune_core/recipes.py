@@ -36,6 +36,7 @@ class Recipe:
     finetune_epochs: int | None = None  # epochs of each candidate's masked finetune
     finetune_checks: int | None = None  # val checks per finetune epoch; a candidate keeps its best
     finetune_selection: str | None = None  # "val": keep the best candidate on val, or the source model
+    finetune_start: str | None = None  # where candidates start: best, last, or both ("best,last")
     image_size: int | None = None
     threshold_rule: str | None = None
     train_copies: int | None = None
@@ -66,6 +67,7 @@ GENERIC = Recipe(
     finetune_epochs=1,
     finetune_checks=1,
     finetune_selection="val",
+    finetune_start="best",
     threshold_rule="mean+2std",
 )
 # From scratch on a real-image dataset: Adam at 1e-3 for up to 30 epochs, stopped 5 epochs after the best
@@ -87,6 +89,7 @@ FROM_SCRATCH = Recipe(
     finetune_fills=("black", "swap", "transplant"),
     finetune_epochs=3,
     finetune_checks=4,
+    finetune_start="best,last",
 )
 
 

@@ -40,6 +40,9 @@ STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+# ERM's training state after its last epoch (weights, optimizer, scheduler), kept for --finetune-start last.
+LAST_ERM_STATE = "erm_final_state"
+
 
 def default_runs_dir() -> Path:
     return Path(os.environ.get("MASKTUNE_RUNS_DIR") or "runs")

@@ -52,12 +52,15 @@ def finetune_inputs(recipe: dict[str, Any], key: Callable[[str], str]) -> dict[s
             key,
             "How often a candidate is scored on val in each epoch; it keeps its best check.",
         ),
-        "finetune_start": start.selectbox(
-            LABELS["finetune_start"],
-            config_lib.FINETUNE_STARTS,
-            key=key("finetune_start"),
-            help="best: the kept ERM checkpoint with a fresh optimizer. last: ERM's last epoch with its "
-            "optimizer state, as the reference code does.",
+        "finetune_start": ",".join(
+            start.multiselect(
+                LABELS["finetune_start"],
+                config_lib.FINETUNE_STARTS,
+                default=str(recipe["finetune_start"]).split(","),
+                key=key("finetune_start"),
+                help="best: the kept ERM checkpoint with a fresh optimizer. last: ERM's last epoch with its "
+                "optimizer state, as the reference code does. Both: each lr and fill is tried from each.",
+            )
         ),
     }
 

@@ -15,7 +15,7 @@ from bench.suite.report import render
 from bench.suite.results import erm_plateau
 from bench.suite.tables import collect
 from masktune_core.errors import ConfigError
-from masktune_core.runs import RunStore, write_json
+from masktune_core.runs import LAST_ERM_STATE, RunStore, write_json
 
 TINY = "40,16,24"  # per class: 20 train, 8 val, 12 test
 
@@ -208,39 +208,51 @@ def test_the_method_study_compares_every_variant_per_dataset(tmp_path: Path, sui
     page = render(collect([folder], store.root, roles, ["default", "topk", "gradcam"]), "cmd")
     study = page.split("## Method study")[1].split("\n## ")[0]
     assert "| `default` | the product defaults | 55.0 (+15.0) | 1 / 1 of 1 |" in study
-    assert "| `topk` | `--threshold-rule topk` | 43.0 (+3.0) | 1 / 0 of 1 |" in study
-    assert "| `gradcam` | `--cam-method gradcam` | – | 0 / 0 of 0 |" in study
+    assert "| `topk` | `--finetune-start best --threshold-rule topk` | 43.0 (+3.0) | 1 / 0 of 1 |" in study
+    assert "| `gradcam` | `--finetune-start best --cam-method gradcam` | – | 0 / 0 of 0 |" in study
     alone = render(collect([folder], store.root, roles, ["default"]), "cmd")
     assert "## Method study" not in alone  # the defaults alone have nothing to compare
 
 
-def test_a_variant_starts_from_the_default_runs_erm_checkpoint(tmp_path: Path, suite_data: Path, monkeypatch):
+def test_a_run_starts_from_the_erm_of_a_finished_run_that_differs_only_after_erm(
+    tmp_path: Path, suite_data: Path, monkeypatch
+):
     folder = suite_data / "tint-fashion"
     store = RunStore(tmp_path / "runs")
     scores = {split: {"erm": (0.5, 0.5), "masktune": (0.5, 0.5)} for split in ("val", "test")}
-    default = _fake_run(store, runner.Job(folder, "celeba", "default", 0), scores)
-    default.checkpoint_path("erm").write_bytes(b"the default run's ERM weights")
+    best = _fake_run(store, runner.Job(folder, "celeba", "start-best", 0), scores)
+    best.checkpoint_path("erm").write_bytes(b"seed 0 ERM")
+    last = _fake_run(store, runner.Job(folder, "celeba", "start-last", 1), scores)
+    last.checkpoint_path("erm").write_bytes(b"seed 1 ERM")
+    last.checkpoint_path(LAST_ERM_STATE).write_bytes(b"seed 1 ERM's last state")
     launched = {}
     monkeypatch.setattr(
         runner, "_execute", lambda job, runs_dir, run: launched.update({job.name: run}) or ("done", 1.0)
     )
-    jobs = runner.make_jobs([folder], [0, 1], ["dilate-2", "start-last"])
+    jobs = runner.make_jobs([folder], [0, 1], ["dilate-2", "default"])
     runner.run_jobs(jobs, store.root)
-    seeded = launched["suite-tint-fashion-dilate-2-s0"]
-    assert seeded.checkpoint_path("erm").read_bytes() == b"the default run's ERM weights"
-    assert seeded.raw_status()["stages_done"] == ["erm"] and seeded.config() == runner.expected_config(
-        jobs[0]
-    )
-    # No default run for seed 1, and start-last needs ERM's last state: both train their own ERM.
-    assert launched["suite-tint-fashion-dilate-2-s1"] is None
-    assert launched["suite-tint-fashion-start-last-s0"] is None
-    assert list(launched)[:2] == ["suite-tint-fashion-start-last-s0", "suite-tint-fashion-start-last-s1"]
+    # The defaults go first; a run of them also starts from ERM's last state, which only seed 1 kept.
+    assert list(launched)[:2] == ["suite-tint-fashion-default-s0", "suite-tint-fashion-default-s1"]
+    assert launched["suite-tint-fashion-default-s0"] is None
+    seeded = launched["suite-tint-fashion-default-s1"]
+    assert seeded.checkpoint_path(LAST_ERM_STATE).read_bytes() == b"seed 1 ERM's last state"
+    for seed in (0, 1):
+        run = launched[f"suite-tint-fashion-dilate-2-s{seed}"]
+        assert run.checkpoint_path("erm").read_bytes() == f"seed {seed} ERM".encode()
+        assert run.raw_status()["stages_done"] == ["erm"]
+        assert run.config() == runner.expected_config(runner.Job(folder, "celeba", "dilate-2", seed))
+    # Another seed's ERM, or another ERM option, is never a source.
+    other = runner.expected_config(runner.Job(folder, "celeba", "dilate-2", 2))
+    assert runner.erm_source(other, store.list()) is None
+    assert runner.erm_source({**other, "seed": 0, "lr": 0.01}, store.list()) is None
 
 
 def test_a_run_made_before_an_option_existed_is_found_with_that_options_default(tmp_path: Path, suite_data):
     job = runner.Job(suite_data / "tint-fashion", "celeba", "default", 0)
     config = runner.expected_config(job)
-    older = {key: value for key, value in config.items() if key != "mask_dilation"}
+    older = {key: value for key, value in config.items() if key not in ("mask_dilation", "finetune_start")}
     run = RunStore(tmp_path).create(older)
-    assert runner.find_run([run], config) is run
-    assert runner.find_run([run], {**config, "mask_dilation": 2}) is None
+    # It masked without dilation and started every finetune from the kept ERM checkpoint.
+    assert runner.find_run([run], {**config, "finetune_start": "best"}) is run
+    assert runner.find_run([run], config) is None  # the defaults now also start from ERM's last state
+    assert runner.find_run([run], {**config, "finetune_start": "best", "mask_dilation": 2}) is None

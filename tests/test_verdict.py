@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from masktune_core import candidates, context, finetune, models, pipeline, train, verdict
+from masktune_core import candidates, finetune, models, pipeline, runs, train, verdict
 from masktune_core.config import RunConfig
 from masktune_core.data import build_dataset
 from masktune_core.errors import ConfigError
@@ -130,6 +130,29 @@ def test_fills_resolve_like_learning_rates() -> None:
     assert RunConfig(dataset="biased-mnist").resolved().finetune_fills == ("black",)
 
 
+def test_starts_multiply_the_candidates_and_name_the_last_state_ones() -> None:
+    scratch = RunConfig.from_dict({"dataset": "waterbirds", "data_dir": "."}).resolved()
+    assert scratch.finetune_start == "best,last" and scratch.finetune_starts() == ("best", "last")
+    names = [candidates.candidate_name(1, s) for s in candidates.candidate_settings(scratch)]
+    assert names == [
+        "masktune_1_black_lr0.001",
+        "masktune_1_swap_lr0.001",
+        "masktune_1_transplant_lr0.001",
+        "masktune_1_black_lr0.001_last",
+        "masktune_1_swap_lr0.001_last",
+        "masktune_1_transplant_lr0.001_last",
+    ]
+    # The published recipes start from the kept checkpoint; a config saved before starts existed did too.
+    assert RunConfig(dataset="biased-digits").resolved().finetune_start == "best"
+    assert [s.start for s in candidates.candidate_settings(RunConfig(dataset="digits"))] == ["best"]
+    # Two starts x three fills x two lrs is over the limit of six candidates.
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict(
+            {"dataset": "waterbirds", "data_dir": ".", "finetune_lrs": "0.001,0.0001"}
+        ).resolved()
+    assert err.value.field == "finetune_lrs"
+
+
 @pytest.mark.parametrize(
     ("values", "field"),
     [
@@ -146,6 +169,8 @@ def test_fills_resolve_like_learning_rates() -> None:
         ({"mask_dilation": "-1"}, "mask_dilation"),
         ({"mask_dilation": "17"}, "mask_dilation"),
         ({"finetune_start": "first"}, "finetune_start"),
+        ({"finetune_start": "best,best"}, "finetune_start"),
+        ({"finetune_start": ","}, "finetune_start"),
     ],
 )
 def test_bad_method_options_are_refused_by_name(values: dict, field: str) -> None:
@@ -318,7 +343,7 @@ def test_a_finetune_from_last_starts_from_erms_last_epoch_with_its_optimizer_sta
     values |= {"finetune_start": "last", "finetune_lrs": "0.01,0.001", "finetune_selection": "val"}
     run = RunStore(tmp_path).create(RunConfig.from_dict(values).resolved().to_dict())
     assert pipeline.execute(run)["state"] == "done"
-    state = torch.load(run.checkpoint_path(context.LAST_ERM_STATE), weights_only=True)
+    state = torch.load(run.checkpoint_path(runs.LAST_ERM_STATE), weights_only=True)
     assert state["epoch"] == 2 and state["optimizer"]["state"], "ERM's last epoch and its optimizer state"
     # Each candidate starts from that state at its own learning rate, with the optimizer's buffers.
     assert [(lr, lrs) for lr, lrs, _ in carried] == [(0.01, {0.01}), (0.001, {0.001})]

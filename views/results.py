@@ -74,8 +74,9 @@ def finetune_summary(config: dict) -> str:
     text = f"finetune lr {', '.join(f'{lr:g}' for lr in lrs if lr)} × {', '.join(map(str, fills))}"
     if config.get("finetune_epochs"):
         text += f", {config['finetune_epochs']} epoch(s), {config.get('finetune_checks') or 1} check(s) each"
-    if config.get("finetune_start") == "last":
-        text += ", from ERM's last state"
+    starts = {"best": "the kept ERM", "last": "ERM's last state"}
+    chosen = [starts[s] for s in str(config.get("finetune_start") or "best").split(",") if s in starts]
+    text += f", from {' and from '.join(chosen)}" if chosen != [starts["best"]] else ""
     return text
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.reproduce.analysis import Result
 from bench.reproduce.grid import Job
-from masktune_core.runs import Run, RunStore, atomic_path
+from masktune_core.runs import LAST_ERM_STATE, Run, RunStore, atomic_path
 
 
 def find_run(store: RunStore, config: dict[str, Any]) -> Run | None:
@@ -22,9 +22,12 @@ def find_run(store: RunStore, config: dict[str, Any]) -> Run | None:
 
 
 def seed_erm(run: Run, source: Run) -> None:
-    """Start ``run`` from ``source``'s ERM checkpoint: the pipeline resumes after a stage listed as done."""
-    with atomic_path(run.checkpoint_path("erm")) as tmp:
-        shutil.copyfile(source.checkpoint_path("erm"), tmp)
+    """Start ``run`` from ``source``'s ERM checkpoint (and ERM's last training state, where the source
+    kept it): the pipeline resumes after a stage listed as done."""
+    for name in ("erm", LAST_ERM_STATE):
+        if name == "erm" or source.checkpoint_path(name).exists():
+            with atomic_path(run.checkpoint_path(name)) as tmp:
+                shutil.copyfile(source.checkpoint_path(name), tmp)
     run.update_status(stages_done=["erm"])
     run.log(f"ERM checkpoint copied from run {source.id}")
 

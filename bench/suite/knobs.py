@@ -7,7 +7,7 @@ one dataset, with the paired MaskTune − ERM difference beside it, so variants 
 from __future__ import annotations
 
 from bench.suite.results import mean_std
-from bench.suite.runner import OWN_ERM, VARIANTS
+from bench.suite.runner import VARIANTS
 from bench.suite.tables import (
     CLEAR_GAIN,
     ROLES,
@@ -61,16 +61,16 @@ def method_study(suite: Suite) -> list[str]:
     """The section, or nothing when the page shows the defaults alone."""
     if len(suite.variants) < 2:
         return []
-    shared = ", ".join(f"`{v}`" for v in suite.variants if v not in OWN_ERM)
     lines = [
         "## Method study: one option changed at a time",
         "",
         "Each cell: MaskTune's worst-group **test** accuracy (%), mean over the seeds, and in brackets the "
         "paired MaskTune − ERM difference in points (the run's kept model against its own ERM, per seed, "
         "then averaged). The last column counts the datasets where that difference is at least 0 and at "
-        f"least +{100 * CLEAR_GAIN:.0f}. Variants {shared} start from the same seed's `default` ERM "
-        "checkpoint (ERM is deterministic per seed), so their differences come from the masks and the "
-        "finetune alone. Settings may be chosen on the tuning seeds; the held-out seeds check the choice.",
+        f"least +{100 * CLEAR_GAIN:.0f}. Every variant's run of a seed has the same ERM model (ERM is "
+        "deterministic per seed; variants start from another run's ERM checkpoint where one exists), so "
+        "the differences come from the masks and the finetune alone. Settings may be chosen on the tuning "
+        "seeds; the held-out seeds check the choice.",
         "",
     ]
     for role in reversed(ROLES):  # tuning first: where a choice is made, then where it is checked

@@ -21,28 +21,55 @@ from bench.reproduce.pool import seed_erm
 from bench.suite.generate import CARD, read_card
 from masktune_core.config import RunConfig
 from masktune_core.errors import ConfigError, DataError
-from masktune_core.runs import Run, RunStore
+from masktune_core.runs import LAST_ERM_STATE, Run, RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_FLAGS = ("--backbone", "small-cnn", "--image-size", "32")
-# name -> the flags appended to BASE_FLAGS. "default" is the product's own defaults; the others are the
-# method's knobs the study compares, one change each (each must be a flag ``python -m masktune_core run``
+# name -> the flags appended to BASE_FLAGS. "default" is the product's own defaults (candidates from both
+# starts); the study's variants change one option at a time from "start-best", the defaults with every
+# candidate starting from the kept ERM checkpoint (each must be a flag ``python -m masktune_core run``
 # accepts).
+BEST = ("--finetune-start", "best")
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
-    "one-epoch-black": ("--finetune-fills", "black", "--finetune-epochs", "1", "--finetune-checks", "1"),
-    "finetune-lr-1e-4": ("--finetune-lrs", "0.0001"),
+    "start-best": BEST,
     "start-last": ("--finetune-start", "last"),
-    "topk": ("--threshold-rule", "topk"),
-    "dilate-2": ("--mask-dilation", "2"),
-    "gradcam": ("--cam-method", "gradcam"),
-    "iterations-2": ("--iterations", "2"),
+    "one-epoch-black": (
+        *BEST,
+        "--finetune-fills",
+        "black",
+        "--finetune-epochs",
+        "1",
+        "--finetune-checks",
+        "1",
+    ),
+    "finetune-lr-1e-4": (*BEST, "--finetune-lrs", "0.0001"),
+    "topk": (*BEST, "--threshold-rule", "topk"),
+    "dilate-2": (*BEST, "--mask-dilation", "2"),
+    "gradcam": (*BEST, "--cam-method", "gradcam"),
+    "iterations-2": (*BEST, "--iterations", "2"),
 }
-# Variants that change nothing before the masks start from the same seed's "default" ERM checkpoint (ERM
-# is deterministic per seed and dataset), so they cost the masks and finetunes alone. These train their
-# own ERM: "default" is the source, and "start-last" needs ERM's last training state, which only a run
-# asked for it keeps.
-OWN_ERM = {"default", "start-last"}
+# Options that act only after ERM. Runs that differ in nothing else train the same ERM model (ERM is
+# deterministic per seed), so a run starts from another's ERM checkpoint and costs its masks and finetunes
+# alone; a run whose candidates start from ERM's last state needs a source that kept it.
+AFTER_ERM = {
+    "finetune_lr",
+    "finetune_lrs",
+    "finetune_fills",
+    "finetune_epochs",
+    "finetune_checks",
+    "finetune_selection",
+    "finetune_start",
+    "iterations",
+    "cam_method",
+    "threshold_rule",
+    "topk_percent",
+    "mask_dilation",
+    "fill",
+    "randmask",
+    "name",
+    "study",
+}
 RESUMABLE = ("interrupted", "failed", "cancelled")
 
 
@@ -132,19 +159,32 @@ def expected_config(job: Job) -> dict[str, Any]:
     return RunConfig.from_dict(values).resolved().to_dict()
 
 
+# How a run made before an option existed behaved, for options whose default comes from the recipe; an
+# option with a plain default behaved as that default (a new option's default keeps the old behaviour).
+EARLIER_BEHAVIOUR = {"finetune_start": "best"}
+
+
 def stored_config(run: Run) -> dict[str, Any]:
-    """A run's stored config, with any option added to the product since the run was made at its default:
-    the run behaved as that default does (a new option's default keeps the old behaviour)."""
+    """A run's stored config, with any option added to the product since the run was made as it behaved."""
     stored = run.config()
     if not stored:
         return {}
-    added = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name not in stored}
+    added = {
+        f.name: EARLIER_BEHAVIOUR.get(f.name, f.default)
+        for f in dataclasses.fields(RunConfig)
+        if f.name not in stored
+    }
     return {**added, **stored}
 
 
 def find_run(runs: list[Run], config: dict[str, Any]) -> Run | None:
-    """The run made with exactly ``config``; a finished one first, then the newest."""
-    matches = [run for run in runs if stored_config(run) == config]
+    """The run made with exactly ``config`` but for its name (a label: a variant that ends up equal to
+    another, as "start-best" to the defaults of before, is the same experiment); a finished one first."""
+
+    def unnamed(values: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in values.items() if key != "name"}
+
+    matches = [run for run in runs if unnamed(stored_config(run)) == unnamed(config)]
     matches.sort(key=lambda run: run.status().get("state") != "done")
     return matches[0] if matches else None
 
@@ -174,8 +214,8 @@ def _execute(job: Job, runs_dir: Path, existing: Run | None) -> tuple[str, float
 def run_jobs(jobs: list[Job], runs_dir: Path, workers: int = 1) -> dict[str, str]:
     """Every job not finished yet, ``workers`` subprocesses at a time; job name -> outcome.
 
-    Two waves: the jobs that train their own ERM, then those that start from a finished "default" run's
-    ERM checkpoint (``OWN_ERM``); one whose default run is missing trains its own."""
+    A new run starts from the ERM checkpoint of a finished run with the same ERM (``erm_source``) where
+    there is one. Two waves: the "default" jobs, then the variants, which can then share their ERM."""
     if workers < 1:
         raise ConfigError("workers", f"must be at least 1, got {workers}")
     store = RunStore(runs_dir)
@@ -196,27 +236,42 @@ def run_jobs(jobs: list[Job], runs_dir: Path, workers: int = 1) -> dict[str, str
 
     def work(item: tuple[Job, Run | None]) -> None:
         job, run = item
-        if run is None and job.variant not in OWN_ERM:
-            run = _start_from_default_erm(job, store)
+        if run is None:
+            run = _start_from_shared_erm(job, store)
         state, seconds = _execute(job, runs_dir, run)
         outcomes[job.name] = f"{state} in {seconds:.0f} s"
         print(f"{job.name}: {outcomes[job.name]}", flush=True)
 
-    for wave in (
-        [i for i in todo if i[0].variant in OWN_ERM],
-        [i for i in todo if i[0].variant not in OWN_ERM],
-    ):
+    first = [item for item in todo if item[0].variant == "default"]
+    for wave in (first, [item for item in todo if item[0].variant != "default"]):
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(work, wave))
     return outcomes
 
 
-def _start_from_default_erm(job: Job, store: RunStore) -> Run | None:
-    """A new run of ``job`` holding the ERM checkpoint of the same dataset and seed's finished "default"
-    run, so ``resume`` goes straight to the masks; None when there is no such run."""
-    source = find_run(store.list(), expected_config(dataclasses.replace(job, variant="default")))
-    if source is None or source.status().get("state") != "done":
+def erm_source(config: dict[str, Any], runs: list[Run]) -> Run | None:
+    """A finished run whose ERM is the one ``config`` would train (equal in every option but ``AFTER_ERM``),
+    holding ERM's last training state where a candidate of ``config`` starts from it; None if none."""
+    needs_last = "last" in str(config.get("finetune_start") or "")
+    for run in runs:
+        stored = stored_config(run)
+        if any(stored.get(key) != value for key, value in config.items() if key not in AFTER_ERM):
+            continue
+        if run.status().get("state") != "done" or not run.checkpoint_path("erm").exists():
+            continue
+        if needs_last and not run.checkpoint_path(LAST_ERM_STATE).exists():
+            continue
+        return run
+    return None
+
+
+def _start_from_shared_erm(job: Job, store: RunStore) -> Run | None:
+    """A new run of ``job`` holding the ERM checkpoint of a finished run with the same ERM, so ``resume``
+    goes straight to the masks; None when there is no such run (the job then trains its own)."""
+    config = expected_config(job)
+    source = erm_source(config, store.list())
+    if source is None:
         return None
-    run = store.create(expected_config(job))
+    run = store.create(config)
     seed_erm(run, source)
     return run
