@@ -106,9 +106,9 @@ class RunConfig:
     )
     finetune_start: str | None = option(
         None,
-        "where the first finetune's candidates start, comma-separated (each lr and fill is tried from each): "
-        "best, the kept ERM checkpoint with a fresh optimizer; last, ERM's last epoch with its optimizer "
-        "state (the reference code)",
+        "where the first finetune's candidates start, one or both joined by a comma (each lr and fill is "
+        "tried from each): best, the kept ERM checkpoint with a fresh optimizer; last, ERM's last epoch "
+        "with its optimizer state (the reference code)",
     )
     iterations: int = option(1, "rounds of mask + finetune (1 is the method; up to 10)")
     cam_method: str = option("xgradcam", "saliency method for the masks", choices=CAM_METHODS)
