@@ -172,12 +172,21 @@ def run_verdict(
     # An ERM model near chance relies on nothing a mask could hide, so the drop says nothing about the cue.
     learnt = effect and effect["train_accuracy_original"] > 1 / erm.shape[1] + MASK_EFFECT_MIN_LEARNT
     if learnt and effect["train_accuracy_original"] - effect["train_accuracy_masked"] < MASK_EFFECT_MIN_DROP:
-        notes.append(
-            f"The masks hid little of what ERM relies on: its training accuracy is "
-            f"{effect['train_accuracy_original']:.1%} on original and {effect['train_accuracy_masked']:.1%} "
-            "on masked images. A cue spread over the whole image (a colour cast, a texture) cannot be "
-            "removed by masking a region."
+        accuracies = (
+            f"its training accuracy is {effect['train_accuracy_original']:.1%} on original and "
+            f"{effect['train_accuracy_masked']:.1%} on masked images"
         )
+        if result["kept_source"]:
+            consequence = (
+                "A cue spread over the whole image (a colour cast, a texture) cannot be removed by masking "
+                "a region."
+            )
+        else:  # a finetune was kept all the same: its gain is not the cue's removal
+            consequence = (
+                "The kept finetune's gain did not come from hiding the cue itself; the test split shows "
+                "whether it holds."
+            )
+        notes.append(f"The masks hid little of what ERM relies on: {accuracies}. {consequence}")
     result["notes"] = notes
     return result
 

@@ -267,6 +267,23 @@ def test_the_verdict_says_when_the_masks_hid_nothing_erm_relies_on(
     assert any("masks hid little" in note for note in result["notes"]) == noted
 
 
+def test_a_kept_finetune_over_masks_that_hid_little_does_not_claim_the_cue_was_out_of_reach(tmp_path) -> None:
+    from masktune_core.runs import RunStore, write_json
+
+    run = RunStore(tmp_path).create(RunConfig(dataset="digits").resolved().to_dict())
+    effect = {"train_accuracy_original": 0.987, "train_accuracy_masked": 0.983, "n": 100}
+    kept = "masktune_1_swap_lr0.001"
+    write_json(
+        run.file(candidates.CANDIDATES_FILE),
+        {"1": {"source": "erm", "selected": kept, "candidates": [], "mask_effect": effect}},
+    )
+    labels = np.repeat([0, 1], 50)
+    result = candidates.run_verdict(run, 0, one_hot(labels), one_hot(labels), labels, None)
+    note = next(note for note in result["notes"] if "masks hid little" in note)
+    assert "98.7% on original and 98.3% on masked" in note and "did not come from hiding the cue" in note
+    assert "cannot be removed" not in note
+
+
 def test_a_kept_finetune_says_val_chose_it_among_its_checks(tmp_path) -> None:
     from masktune_core.runs import RunStore, write_json
 
