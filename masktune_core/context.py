@@ -90,26 +90,25 @@ class Context:
     should_stop: Callable[[], bool]
     _masks: dict[str, masking.PackedMasks] = field(default_factory=dict)
 
-    def new_model(self) -> models.Classifier:
+    def _build_model(self, pretrained: str | None) -> models.Classifier:
+        bundle = self.bundle
         return models.build_model(
             self.config.backbone,
-            self.bundle.num_classes,
-            self.bundle.channels,
-            self.bundle.image_size,
-            self.bundle.mean,
-            self.bundle.std,
-            pretrained=self.config.pretrained,
-        ).to(self.device)
+            bundle.num_classes,
+            bundle.channels,
+            bundle.image_size,
+            bundle.mean,
+            bundle.std,
+            pretrained=pretrained,
+        )
+
+    def new_model(self) -> models.Classifier:
+        """A fresh model on the device, from the pretrained weights where the run names a file."""
+        return self._build_model(self.config.pretrained).to(self.device)
 
     def load_model(self, checkpoint: str) -> models.Classifier:
-        model = models.build_model(
-            self.config.backbone,
-            self.bundle.num_classes,
-            self.bundle.channels,
-            self.bundle.image_size,
-            self.bundle.mean,
-            self.bundle.std,
-        )
+        """The run's checkpoint ``checkpoint`` on the device (its weights replace any pretrained ones)."""
+        model = self._build_model(None)
         models.load_state(model, self.run.checkpoint_path(checkpoint))
         return model.to(self.device)
 
