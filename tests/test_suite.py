@@ -256,3 +256,20 @@ def test_a_run_made_before_an_option_existed_is_found_with_that_options_default(
     assert runner.find_run([run], {**config, "finetune_start": "best"}) is run
     assert runner.find_run([run], config) is None  # the defaults now also start from ERM's last state
     assert runner.find_run([run], {**config, "finetune_start": "best", "mask_dilation": 2}) is None
+
+
+def test_the_finetune_cost_of_a_run_that_shared_its_erm_is_against_the_erm_that_trained_it(
+    tmp_path: Path, suite_data: Path
+):
+    folder = suite_data / "patch-digits"
+    dataset = read_card(folder)["dataset"]
+    store = RunStore(tmp_path / "runs")
+    scores = {split: {"erm": (0.4, 0.8), "masktune": (0.5, 0.8)} for split in ("val", "test")}
+    _fake_run(store, runner.Job(folder, dataset, "start-best", 10), scores)  # ERM 40 s, finetune 10 s
+    shared = _fake_run(store, runner.Job(folder, dataset, "default", 10), scores)
+    events = [{"stage": "finetune_1", "kind": "timing", "seconds": 60.0}]  # no ERM stage of its own
+    shared.file("events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
+    suite = collect([folder], store.root, {"held-out": [10]}, ["default", "start-best"])
+    page = render(suite, "cmd")
+    assert "median 1.50× the wall time of the ERM stage that trained the run's ERM model" in page
+    assert "(range 1.50–1.50×, 1 runs)" in page

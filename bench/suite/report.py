@@ -75,13 +75,21 @@ def summary(suite: Suite, variant: str) -> list[str]:
 
 
 def finetune_cost(suite: Suite, variant: str) -> list[str]:
-    """What the finetune candidates cost next to ERM: wall time of the finetune stage over the ERM stage."""
+    """What the finetune candidates cost next to ERM: wall time of the finetune stage over the ERM stage.
+
+    A run that started from another run's ERM checkpoint (same dataset and seed, so the same ERM) is
+    measured against the ERM stage of the run that trained it."""
+    erm_seconds = {
+        (name, seed): result.stage_seconds["erm"]
+        for (name, _, seed), result in suite.results.items()
+        if result is not None and result.stage_seconds.get("erm")
+    }
     ratios = sorted(
-        result.stage_seconds["finetune_1"] / result.stage_seconds["erm"]
-        for (_, run_variant, _), result in suite.results.items()
+        result.stage_seconds["finetune_1"] / erm_seconds[(name, seed)]
+        for (name, run_variant, seed), result in suite.results.items()
         if run_variant == variant
         and result is not None
-        and result.stage_seconds.get("erm")
+        and (name, seed) in erm_seconds
         and "finetune_1" in result.stage_seconds
     )
     if not ratios:
@@ -89,8 +97,8 @@ def finetune_cost(suite: Suite, variant: str) -> list[str]:
     median = statistics.median(ratios)
     return [
         f"Cost of the finetune candidates (every run of the variant, all seeds): the finetune stage took a "
-        f"median {median:.2f}× the wall time of the ERM stage (range {ratios[0]:.2f}–{ratios[-1]:.2f}×, "
-        f"{len(ratios)} runs).",
+        f"median {median:.2f}× the wall time of the ERM stage that trained the run's ERM model (range "
+        f"{ratios[0]:.2f}–{ratios[-1]:.2f}×, {len(ratios)} runs).",
         "",
     ]
 
