@@ -43,7 +43,7 @@ reproduce: setup
 
 # The spurious-correlation suite: datasets in suite-data/, runs in suite-runs/, the page in docs/suite.md.
 # The defaults and every method variant, 4 seeds each: about 2.5 hours on 2 cores (finished runs are reused).
-SUITE_VARIANTS = default,start-last,one-epoch-black,dilate-2,topk,gradcam,iterations-2,finetune-lr-1e-4
+SUITE_VARIANTS = default,one-round,start-last,start-both,one-epoch-black,finetune-lr-1e-4,topk,dilate-2,gradcam
 suite: setup
 	OMP_NUM_THREADS=1 $(PY) -m bench.suite all --data suite-data --runs suite-runs \
-		--tuning-seeds 0 --held-out-seeds 10,11,12 --workers 2 --variants $(SUITE_VARIANTS)
+		--tuning-seeds 0,10,11,12 --held-out-seeds 13,14,15 --workers 2 --variants $(SUITE_VARIANTS)

@@ -110,7 +110,7 @@ class RunConfig:
         "tried from each): best, the kept ERM checkpoint with a fresh optimizer; last, ERM's last epoch "
         "with its optimizer state (the reference code)",
     )
-    iterations: int = option(1, "rounds of mask + finetune (1 is the method; up to 10)")
+    iterations: int | None = option(None, "rounds of mask + finetune (1 is the method; up to 10)")
     cam_method: str = option("xgradcam", "saliency method for the masks", choices=CAM_METHODS)
     threshold_rule: str | None = option(None, "which heatmap pixels to mask", choices=THRESHOLD_RULES)
     topk_percent: float = option(10.0, "percent of pixels the topk rule masks")

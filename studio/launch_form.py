@@ -272,7 +272,7 @@ def _advanced_inputs(choice: DatasetChoice, key: Any) -> dict[str, Any]:
             select("fill", config_lib.FILLS, "black (the paper): masked pixels become 0."),
             number(
                 "iterations",
-                DEFAULTS.iterations,
+                int(choice.recipe["iterations"]),
                 1,
                 "Iterative MaskTune: re-mask with the finetuned model and finetune again.",
             ),

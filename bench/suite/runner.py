@@ -25,17 +25,17 @@ from masktune_core.runs import LAST_ERM_STATE, Run, RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_FLAGS = ("--backbone", "small-cnn", "--image-size", "32")
-# name -> the flags appended to BASE_FLAGS. "default" is the product's own defaults (candidates from both
-# starts); the study's variants change one option at a time from "start-best", the defaults with every
-# candidate starting from the kept ERM checkpoint (each must be a flag ``python -m masktune_core run``
-# accepts).
-BEST = ("--finetune-start", "best")
+# name -> the flags appended to BASE_FLAGS. "default" is the product's own defaults; the study's variants
+# change one option at a time from "one-round", a single round of candidates from the kept ERM checkpoint
+# (each must be a flag ``python -m masktune_core run`` accepts).
+ONE_ROUND = ("--finetune-start", "best", "--iterations", "1")
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
-    "start-best": BEST,
-    "start-last": ("--finetune-start", "last"),
+    "one-round": ONE_ROUND,
+    "start-last": ("--finetune-start", "last", "--iterations", "1"),
+    "start-both": ("--finetune-start", "best,last", "--iterations", "1"),
     "one-epoch-black": (
-        *BEST,
+        *ONE_ROUND,
         "--finetune-fills",
         "black",
         "--finetune-epochs",
@@ -43,11 +43,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "--finetune-checks",
         "1",
     ),
-    "finetune-lr-1e-4": (*BEST, "--finetune-lrs", "0.0001"),
-    "topk": (*BEST, "--threshold-rule", "topk"),
-    "dilate-2": (*BEST, "--mask-dilation", "2"),
-    "gradcam": (*BEST, "--cam-method", "gradcam"),
-    "iterations-2": (*BEST, "--iterations", "2"),
+    "finetune-lr-1e-4": (*ONE_ROUND, "--finetune-lrs", "0.0001"),
+    "topk": (*ONE_ROUND, "--threshold-rule", "topk"),
+    "dilate-2": (*ONE_ROUND, "--mask-dilation", "2"),
+    "gradcam": (*ONE_ROUND, "--cam-method", "gradcam"),
 }
 # Options that act only after ERM. Runs that differ in nothing else train the same ERM model (ERM is
 # deterministic per seed), so a run starts from another's ERM checkpoint and costs its masks and finetunes
