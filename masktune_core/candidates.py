@@ -144,11 +144,14 @@ def run_verdict(
     """The verdict on val, with what a reader needs to trust it: which candidate was kept, and whether the
     masks hid what ERM relied on."""
     result = verdict.judge(erm, masktune, labels, groups, seed=seed)
-    first = candidate_record(run).get("1", {})
-    result["kept_source"] = first.get("selected") == first.get("source")
+    record = candidate_record(run)
+    rounds = [record[key] for key in sorted(record, key=int)] or [{}]
+    first = rounds[0]
+    # ERM's weights are the MaskTune model only when every round kept the model it started from.
+    result["kept_source"] = all(r.get("selected") == r.get("source") for r in rounds)
     result["mask_effect"] = first.get("mask_effect")
     notes = []
-    checks = sum(len(c.get("path") or [None]) for c in first.get("candidates", []))
+    checks = sum(len(c.get("path") or [None]) for r in rounds for c in r.get("candidates", []))
     if checks > 1 and not result["kept_source"]:
         notes.append(
             f"Val chose this model among {checks} candidate checks, and the verdict is judged on the same "
@@ -159,10 +162,11 @@ def run_verdict(
         best = first["best_candidate"]
         low, high = (100 * bound for bound in best["interval"])
         gain = f"{100 * best['difference']:+.1f} points of {verdict.METRIC_TEXT[best['metric']]}"
+        later = f" (nor was any candidate of the {len(rounds) - 1} later round(s))" if len(rounds) > 1 else ""
         notes.append(
             f"The best finetune candidate, {best['name']}, beat ERM on val by {gain}, but its 95% interval "
-            f"({low:+.1f} to {high:+.1f}) is not above 0: no clear gain, so the run keeps ERM's weights as "
-            "its MaskTune model."
+            f"({low:+.1f} to {high:+.1f}) is not above 0: no clear gain{later}, so the run keeps ERM's "
+            "weights as its MaskTune model."
         )
     elif result["kept_source"]:
         notes.append(

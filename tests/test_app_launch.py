@@ -65,8 +65,9 @@ def test_the_form_holds_the_datasets_recipe_and_follows_a_dataset_change(empty_s
     assert field(at, "number_input", "finetune_epochs", "waterbirds").value == waterbirds["finetune_epochs"]
     assert field(at, "number_input", "finetune_checks", "waterbirds").value == waterbirds["finetune_checks"]
     starts = field(at, "multiselect", "finetune_start", "waterbirds").value
-    assert ",".join(starts) == waterbirds["finetune_start"] == "best,last"
+    assert ",".join(starts) == waterbirds["finetune_start"] == "best"
     assert field(at, "number_input", "mask_dilation", "waterbirds").value == 0
+    assert field(at, "number_input", "iterations", "waterbirds").value == waterbirds["iterations"] == 2
     assert "launch.waterbirds.data_dir" in [t.key for t in at.text_input]
     assert "launch.waterbirds.train_copies" not in [n.key for n in at.number_input]
     assert "launch.waterbirds.square_size" not in [n.key for n in at.number_input]

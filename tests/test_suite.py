@@ -209,8 +209,14 @@ def test_the_method_study_compares_every_variant_per_dataset(tmp_path: Path, sui
     page = render(collect([folder], store.root, roles, ["default", "topk", "gradcam"]), "cmd")
     study = page.split("## Method study")[1].split("\n## ")[0]
     assert "| `default` | the product defaults | 55.0 (+15.0) | 1 / 1 of 1 |" in study
-    assert "| `topk` | `--finetune-start best --threshold-rule topk` | 43.0 (+3.0) | 1 / 0 of 1 |" in study
-    assert "| `gradcam` | `--finetune-start best --cam-method gradcam` | – | 0 / 0 of 0 |" in study
+    assert (
+        "| `topk` | `--finetune-start best --iterations 1 --threshold-rule topk` | 43.0 (+3.0) | 1 / 0 of 1 |"
+        in study
+    )
+    assert (
+        "| `gradcam` | `--finetune-start best --iterations 1 --cam-method gradcam` | – | 0 / 0 of 0 |"
+        in study
+    )
     alone = render(collect([folder], store.root, roles, ["default"]), "cmd")
     assert "## Method study" not in alone  # the defaults alone have nothing to compare
 
@@ -221,7 +227,7 @@ def test_a_run_starts_from_the_erm_of_a_finished_run_that_differs_only_after_erm
     folder = suite_data / "tint-fashion"
     store = RunStore(tmp_path / "runs")
     scores = {split: {"erm": (0.5, 0.5), "masktune": (0.5, 0.5)} for split in ("val", "test")}
-    best = _fake_run(store, runner.Job(folder, "celeba", "start-best", 0), scores)
+    best = _fake_run(store, runner.Job(folder, "celeba", "one-round", 0), scores)
     best.checkpoint_path("erm").write_bytes(b"seed 0 ERM")
     last = _fake_run(store, runner.Job(folder, "celeba", "start-last", 1), scores)
     last.checkpoint_path("erm").write_bytes(b"seed 1 ERM")
@@ -230,20 +236,21 @@ def test_a_run_starts_from_the_erm_of_a_finished_run_that_differs_only_after_erm
     monkeypatch.setattr(
         runner, "_execute", lambda job, runs_dir, run: launched.update({job.name: run}) or ("done", 1.0)
     )
-    jobs = runner.make_jobs([folder], [0, 1], ["dilate-2", "default"])
+    jobs = runner.make_jobs([folder], [0, 1], ["start-both", "default"])
     runner.run_jobs(jobs, store.root)
-    # The defaults go first; a run of them also starts from ERM's last state, which only seed 1 kept.
+    # The defaults go first, each from its seed's ERM.
     assert list(launched)[:2] == ["suite-tint-fashion-default-s0", "suite-tint-fashion-default-s1"]
-    assert launched["suite-tint-fashion-default-s0"] is None
-    seeded = launched["suite-tint-fashion-default-s1"]
-    assert seeded.checkpoint_path(LAST_ERM_STATE).read_bytes() == b"seed 1 ERM's last state"
     for seed in (0, 1):
-        run = launched[f"suite-tint-fashion-dilate-2-s{seed}"]
+        run = launched[f"suite-tint-fashion-default-s{seed}"]
         assert run.checkpoint_path("erm").read_bytes() == f"seed {seed} ERM".encode()
         assert run.raw_status()["stages_done"] == ["erm"]
-        assert run.config() == runner.expected_config(runner.Job(folder, "celeba", "dilate-2", seed))
+        assert run.config() == runner.expected_config(runner.Job(folder, "celeba", "default", seed))
+    # Candidates from ERM's last state need a source that kept it: only seed 1's has it.
+    assert launched["suite-tint-fashion-start-both-s0"] is None
+    seeded = launched["suite-tint-fashion-start-both-s1"]
+    assert seeded.checkpoint_path(LAST_ERM_STATE).read_bytes() == b"seed 1 ERM's last state"
     # Another seed's ERM, or another ERM option, is never a source.
-    other = runner.expected_config(runner.Job(folder, "celeba", "dilate-2", 2))
+    other = runner.expected_config(runner.Job(folder, "celeba", "default", 2))
     assert runner.erm_source(other, store.list()) is None
     assert runner.erm_source({**other, "seed": 0, "lr": 0.01}, store.list()) is None
 
@@ -254,9 +261,9 @@ def test_a_run_made_before_an_option_existed_is_found_with_that_options_default(
     older = {key: value for key, value in config.items() if key not in ("mask_dilation", "finetune_start")}
     run = RunStore(tmp_path).create(older)
     # It masked without dilation and started every finetune from the kept ERM checkpoint.
-    assert runner.find_run([run], {**config, "finetune_start": "best"}) is run
-    assert runner.find_run([run], config) is None  # the defaults now also start from ERM's last state
-    assert runner.find_run([run], {**config, "finetune_start": "best", "mask_dilation": 2}) is None
+    assert config["finetune_start"] == "best" and runner.find_run([run], config) is run
+    assert runner.find_run([run], {**config, "finetune_start": "best,last"}) is None
+    assert runner.find_run([run], {**config, "mask_dilation": 2}) is None
 
 
 def test_the_finetune_cost_of_a_run_that_shared_its_erm_is_against_the_erm_that_trained_it(
@@ -266,11 +273,11 @@ def test_the_finetune_cost_of_a_run_that_shared_its_erm_is_against_the_erm_that_
     dataset = read_card(folder)["dataset"]
     store = RunStore(tmp_path / "runs")
     scores = {split: {"erm": (0.4, 0.8), "masktune": (0.5, 0.8)} for split in ("val", "test")}
-    _fake_run(store, runner.Job(folder, dataset, "start-best", 10), scores)  # ERM 40 s, finetune 10 s
+    _fake_run(store, runner.Job(folder, dataset, "one-round", 10), scores)  # ERM 40 s, finetune 10 s
     shared = _fake_run(store, runner.Job(folder, dataset, "default", 10), scores)
     events = [{"stage": "finetune_1", "kind": "timing", "seconds": 60.0}]  # no ERM stage of its own
     shared.file("events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
-    suite = collect([folder], store.root, {"held-out": [10]}, ["default", "start-best"])
+    suite = collect([folder], store.root, {"held-out": [10]}, ["default", "one-round"])
     page = render(suite, "cmd")
     assert "median 1.50× the wall time of the ERM stage that trained the run's ERM model" in page
     assert "(range 1.50–1.50×, 1 runs)" in page

@@ -131,9 +131,11 @@ def test_fills_resolve_like_learning_rates() -> None:
 
 
 def test_starts_multiply_the_candidates_and_name_the_last_state_ones() -> None:
-    scratch = RunConfig.from_dict({"dataset": "waterbirds", "data_dir": "."}).resolved()
-    assert scratch.finetune_start == "best,last" and scratch.finetune_starts() == ("best", "last")
-    names = [candidates.candidate_name(1, s) for s in candidates.candidate_settings(scratch)]
+    scratch = {"dataset": "waterbirds", "data_dir": "."}
+    assert RunConfig.from_dict(scratch).resolved().finetune_start == "best"
+    both = RunConfig.from_dict({**scratch, "finetune_start": "best,last"}).resolved()
+    assert both.finetune_starts() == ("best", "last")
+    names = [candidates.candidate_name(1, s) for s in candidates.candidate_settings(both)]
     assert names == [
         "masktune_1_black_lr0.001",
         "masktune_1_swap_lr0.001",
@@ -142,15 +144,21 @@ def test_starts_multiply_the_candidates_and_name_the_last_state_ones() -> None:
         "masktune_1_swap_lr0.001_last",
         "masktune_1_transplant_lr0.001_last",
     ]
-    # The published recipes start from the kept checkpoint; a config saved before starts existed did too.
-    assert RunConfig(dataset="biased-digits").resolved().finetune_start == "best"
+    # A config saved before starts existed started from the kept checkpoint.
     assert [s.start for s in candidates.candidate_settings(RunConfig(dataset="digits"))] == ["best"]
     # Two starts x three fills x two lrs is over the limit of six candidates.
     with pytest.raises(ConfigError) as err:
-        RunConfig.from_dict(
-            {"dataset": "waterbirds", "data_dir": ".", "finetune_lrs": "0.001,0.0001"}
-        ).resolved()
+        RunConfig.from_dict({**both.to_dict(), "finetune_lrs": "0.001,0.0001"}).resolved()
     assert err.value.field == "finetune_lrs"
+
+
+def test_from_scratch_runs_two_rounds_and_the_published_recipes_one() -> None:
+    assert RunConfig.from_dict({"dataset": "waterbirds", "data_dir": "."}).resolved().iterations == 2
+    assert RunConfig(dataset="biased-digits").resolved().iterations == 1
+    assert (
+        RunConfig.from_dict({"dataset": "waterbirds", "data_dir": ".", "iterations": 1}).resolved().iterations
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -380,3 +388,37 @@ def test_a_missing_last_erm_state_is_a_checkpoint_error(tmp_path) -> None:
     optimizer = torch.optim.SGD(model.parameters())
     with pytest.raises(CheckpointError, match="last state is missing"):
         finetune.carry_last_erm_state(SimpleNamespace(run=run), model, optimizer, 0.1)
+
+
+@pytest.mark.parametrize(("second", "kept_erm"), [("masktune_2_black_lr0.001", False), ("masktune_1", True)])
+def test_erm_is_kept_only_when_every_round_kept_the_model_it_started_from(
+    tmp_path, second: str, kept_erm: bool
+) -> None:
+    from masktune_core.runs import RunStore, write_json
+
+    run = RunStore(tmp_path).create(RunConfig(dataset="digits").resolved().to_dict())
+    best = {
+        "name": "masktune_1_swap_lr0.001",
+        "label": "no clear difference",
+        "metric": "worst_group_accuracy",
+    }
+    best |= {"difference": 0.036, "interval": [-0.016, 0.096]}
+    path = [{"epoch": 1.0, "val_score": {"metric": "worst_group_accuracy", "value": 0.5, "tie_break": 0.5}}]
+    rounds = {
+        "1": {
+            "source": "erm",
+            "selected": "erm",
+            "candidates": [{"name": "a", "path": path}],
+            "best_candidate": best,
+        },
+        "2": {"source": "masktune_1", "selected": second, "candidates": [{"name": "b", "path": path * 3}]},
+    }
+    write_json(run.file(candidates.CANDIDATES_FILE), rounds)
+    labels = np.repeat([0, 1], 50)
+    result = candidates.run_verdict(run, 0, one_hot(labels), one_hot(labels), labels, None)
+    assert result["kept_source"] == kept_erm
+    keeps_erm = [note for note in result["notes"] if "keeps ERM's weights" in note]
+    if kept_erm:
+        assert len(keeps_erm) == 1 and "nor was any candidate of the 1 later round(s)" in keeps_erm[0]
+    else:  # the second round's finetune is the model: the checks of both rounds chose it
+        assert not keeps_erm and any("among 4 candidate checks" in note for note in result["notes"])
