@@ -134,8 +134,9 @@ def test_every_run_keeps_its_dataset_recipe_and_ablations_start_from_their_seeds
     assert len(names) == len(set(names))
     for job in jobs:
         values = {"dataset": job.dataset}
-        if job.study == "shortcut":  # the paper's fill, whatever the demo recipe uses
+        if job.study == "shortcut":  # the paper's fill and two iterations, whatever the demo recipe uses
             values["finetune_fills"] = study.SHORTCUT_SWITCHES["finetune_fills"]
+            values["iterations"] = study.SHORTCUT_SWITCHES["iterations"]
         if job.study == "ablation":  # an ablation changes its own options only, which may be recipe keys
             values.update(study.ABLATIONS[job.variant][1])
         recipe = RunConfig.from_dict(values).resolved().to_dict()

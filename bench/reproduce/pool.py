@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.configs import stored_config
 from bench.reproduce.analysis import Result
 from bench.reproduce.grid import Job
 from masktune_core.runs import LAST_ERM_STATE, Run, RunStore, atomic_path
@@ -16,7 +17,7 @@ from masktune_core.runs import LAST_ERM_STATE, Run, RunStore, atomic_path
 
 def find_run(store: RunStore, config: dict[str, Any]) -> Run | None:
     """A run in ``store`` made with exactly ``config`` (finished first), so a rerun resumes the grid."""
-    matches = [run for run in store.list() if run.config() == config]
+    matches = [run for run in store.list() if stored_config(run) == config]
     matches.sort(key=lambda run: run.status().get("state") != "done")
     return matches[0] if matches else None
 

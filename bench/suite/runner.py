@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.configs import stored_config
 from bench.reproduce.pool import seed_erm
 from bench.suite.generate import CARD, read_card
 from masktune_core.config import RunConfig
@@ -156,24 +157,6 @@ def expected_config(job: Job) -> dict[str, Any]:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     values = {key: value for key, value in given.items() if value is not None}
     return RunConfig.from_dict(values).resolved().to_dict()
-
-
-# How a run made before an option existed behaved, for options whose default comes from the recipe; an
-# option with a plain default behaved as that default (a new option's default keeps the old behaviour).
-EARLIER_BEHAVIOUR = {"finetune_start": "best"}
-
-
-def stored_config(run: Run) -> dict[str, Any]:
-    """A run's stored config, with any option added to the product since the run was made as it behaved."""
-    stored = run.config()
-    if not stored:
-        return {}
-    added = {
-        f.name: EARLIER_BEHAVIOUR.get(f.name, f.default)
-        for f in dataclasses.fields(RunConfig)
-        if f.name not in stored
-    }
-    return {**added, **stored}
 
 
 def find_run(runs: list[Run], config: dict[str, Any]) -> Run | None:
