@@ -47,10 +47,12 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_options(image_dir: Path, **changes: object) -> dict[str, object]:
     # Two ERM epochs of three batches each, so a kill can land mid-ERM after epoch 1's training
-    # state was saved, and two steps into each finetune. RandMask is on so its stage is killed too.
+    # state was saved, and two steps into each finetune. RandMask is on so its stage is killed too; one
+    # round of mask + finetune keeps the stage list short.
     return {
         "dataset": "imagefolder", "data_dir": str(image_dir), "backbone": "small-cnn", "image_size": 16,
-        "epochs": 2, "batch_size": 16, "randmask": True, "seed": 0, "device": "cpu", **changes,
+        "epochs": 2, "batch_size": 16, "randmask": True, "iterations": 1, "seed": 0, "device": "cpu",
+        **changes,
     }  # fmt: skip
 
 
