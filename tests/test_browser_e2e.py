@@ -191,7 +191,12 @@ def test_launch_watch_reload_and_open_every_page(server: str, page, runs_dir: Pa
     wait_for_text(page, re.compile(r"Done in"), timeout_s=RUN_TIMEOUT_S)
     assert run.status()["state"] == "done", run.status()
     shoot(page, "launch-done")
-    page.get_by_role("link", name="Open results").click()
+    # While a rerun is drawn on a busy machine the finished panel can show twice, the stale copy beside
+    # the fresh one; every copy must open this run's results.
+    links = page.get_by_role("link", name="Open results")
+    hrefs = {links.nth(i).get_attribute("href") for i in range(links.count())}
+    assert hrefs == {f"results?run={run_id}"}, hrefs
+    links.first.click()
     page.wait_for_url(re.compile(r"/results\?run="))
     metrics = run.metrics()
     split = metrics["main_test_split"]
