@@ -19,6 +19,7 @@ from bench.suite.tables import (
     points,
     scores_of,
     seeds_done,
+    shown_variants,
 )
 
 
@@ -37,7 +38,7 @@ def knob_table(suite: Suite, role: str) -> list[str]:
     seeds = suite.roles.get(role) or []
     names = list(suite.cards)
     rows = []
-    for variant in suite.variants:
+    for variant in shown_variants(suite, seeds):
         cells, gains = [], []
         for name in names:
             text, gain = knob_cell(suite, name, variant, seeds)
@@ -74,6 +75,10 @@ def method_study(suite: Suite) -> list[str]:
         "",
     ]
     for role in reversed(ROLES):  # tuning first: where a choice is made, then where it is checked
-        if suite.roles.get(role):
+        seeds = suite.roles.get(role)
+        if seeds:
             lines += knob_table(suite, role)
+            left = [f"`{v}`" for v in suite.variants if v not in shown_variants(suite, seeds)]
+            if left:
+                lines += [f"Not run on these seeds, so left out of their tables: {', '.join(left)}.", ""]
     return lines

@@ -21,6 +21,7 @@ from bench.suite.tables import (
     points,
     scores_of,
     seeds_done,
+    shown_variants,
     spread,
     verdict_text,
 )
@@ -124,7 +125,7 @@ def datasets_table(suite: Suite) -> list[str]:
 
 def _aggregate(suite: Suite, name: str, seeds: list[int]) -> list[str]:
     rows = []
-    for variant in suite.variants:
+    for variant in shown_variants(suite, seeds, [name]):
         done = seeds_done(suite, name, variant, seeds)
         for model in MODELS:
             cells = [
@@ -150,7 +151,7 @@ def _aggregate(suite: Suite, name: str, seeds: list[int]) -> list[str]:
 
 def _per_seed(suite: Suite, name: str, seeds: list[int]) -> list[str]:
     rows = []
-    for variant in suite.variants:
+    for variant in shown_variants(suite, seeds, [name]):
         for seed in seeds:
             result = suite.results.get((name, variant, seed))
             if result is None:
@@ -173,7 +174,7 @@ def _per_seed(suite: Suite, name: str, seeds: list[int]) -> list[str]:
 
 def _plateau(suite: Suite, name: str, seeds: list[int]) -> list[str]:
     rows = []
-    for variant in suite.variants:
+    for variant in shown_variants(suite, seeds, [name]):
         for seed, result in seeds_done(suite, name, variant, seeds):
             plateau = result.plateau
             if plateau is None:
@@ -204,7 +205,7 @@ def _plateau(suite: Suite, name: str, seeds: list[int]) -> list[str]:
 
 def _candidates(suite: Suite, name: str, seeds: list[int]) -> list[str]:
     rows = []
-    for variant in suite.variants:
+    for variant in shown_variants(suite, seeds, [name]):
         for seed, result in seeds_done(suite, name, variant, seeds):
             for candidate in result.candidates:
                 splits = candidate.get("splits") or {}

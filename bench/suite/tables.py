@@ -108,3 +108,15 @@ def paired_diffs(done: list[tuple[int, RunResult]], split: str, measure: str) ->
     """MaskTune - ERM per seed, for seeds that have both."""
     pairs = [(r.score(split, "masktune", measure), r.score(split, "erm", measure)) for _, r in done]
     return [masktune - erm for masktune, erm in pairs if masktune is not None and erm is not None]
+
+
+def shown_variants(suite: Suite, seeds: list[int], names: list[str] | None = None) -> list[str]:
+    """The variants a table of ``seeds`` shows: the first (the defaults, shown even where not run) and
+    every other with at least one finished run among them, so a variant studied on other seeds alone
+    adds no rows of "not run"."""
+    names = list(suite.cards) if names is None else names
+    return [
+        variant
+        for i, variant in enumerate(suite.variants)
+        if i == 0 or any(suite.results.get((n, variant, s)) is not None for n in names for s in seeds)
+    ]
