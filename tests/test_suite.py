@@ -134,7 +134,7 @@ def test_report_on_a_fake_run_store(tmp_path: Path, suite_data: Path):
     assert "| `default` | 10 | lr-1e-3 | finetune_lr=0.001 | **yes** | 61.0 | 80.0 | – | – |" in page
     assert "| `default` | 10 | 3 | 0.500 (epoch 2) | 0.550 | 1.10 | 1 |" in page
     assert "52 s" in page
-    assert "median 0.25× the wall time of the ERM stage that trained the run's ERM model" in summary
+    assert "median 0.25× the wall time of the ERM stage that trained the run's ERM" in summary
     assert "(range 0.25–0.25×, 2 runs)" in summary
     assert "### Held-out seeds 10, 11, 12" in page and "### Tuning seeds 0" in page
     tuning = page.split("### Tuning seeds 0")[1]
