@@ -45,13 +45,15 @@ class Setting:
         }
 
 
-def candidate_settings(config: RunConfig) -> list[Setting]:
+def candidate_settings(config: RunConfig, iteration: int = 1) -> list[Setting]:
     """The run's finetune candidates: every start with every fill and learning rate (with selection "none",
     only the first of each: the method's single finetune). A config saved before fills, epochs and starts
     were options finetunes as it did then: one epoch, its fill, from the kept ERM checkpoint."""
     lrs = config.finetune_lrs or (config.finetune_lr,)
     fills = config.finetune_fills or (config.fill,)
-    starts = config.finetune_starts() or ("best",)
+    # Only the first round starts from ERM; a later one starts from the model the round before kept, which
+    # has no "last state", so a second start would train the same candidate twice.
+    starts = (config.finetune_starts() or ("best",)) if iteration == 1 else ("best",)
     if config.finetune_selection != "val":
         lrs, fills, starts = lrs[:1], fills[:1], starts[:1]
     epochs, checks = config.finetune_epochs or 1, config.finetune_checks or 1

@@ -152,7 +152,7 @@ def stage_finetune(ctx: Context, iteration: int) -> None:
             val_probs(ctx, ctx.load_model(source)), labels, groups
         ).as_dict()
         entries["mask_effect"] = candidates.mask_effect(ctx, source, ctx.masks(f"iter{iteration}"))
-    settings = candidates.candidate_settings(config)
+    settings = candidates.candidate_settings(config, iteration)
     done = {c["name"] for c in entries["candidates"]}
     val_probs_of: dict[str, np.ndarray] = {}
     for k, setting in enumerate(settings):

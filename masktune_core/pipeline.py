@@ -50,7 +50,7 @@ def plan_stages(config: RunConfig) -> list[tuple[str, float]]:
     """Stage names with rough relative costs (one training epoch = 1), used for progress and ETA."""
     stages: list[tuple[str, float]] = [("erm", float(config.epochs))]
     for i in range(1, config.iterations + 1):
-        settings = candidates.candidate_settings(config)
+        settings = candidates.candidate_settings(config, i)
         stages += [(f"masks_{i}", 0.4), (f"finetune_{i}", float(sum(s.epochs for s in settings)))]
     if config.randmask:
         stages.append(("randmask", 1.0))

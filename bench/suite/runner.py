@@ -161,7 +161,7 @@ def expected_config(job: Job) -> dict[str, Any]:
 
 def find_run(runs: list[Run], config: dict[str, Any]) -> Run | None:
     """The run made with exactly ``config`` but for its name (a label: a variant that ends up equal to
-    another, as "start-best" to the defaults of before, is the same experiment); a finished one first."""
+    another, as "one-round" to the defaults of before, is the same experiment); a finished one first."""
 
     def unnamed(values: dict[str, Any]) -> dict[str, Any]:
         return {key: value for key, value in values.items() if key != "name"}
